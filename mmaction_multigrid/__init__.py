@@ -1,0 +1,2 @@
+"""Multigrid training for MMAction2 1.x."""
+from .version import __version__

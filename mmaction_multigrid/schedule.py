@@ -1,0 +1,403 @@
+"""The multigrid schedule: shapes, long-cycle stages, batch sizes and LR.
+
+Pure Python (no torch, no mmengine) so that it can be tested on its own and
+used by ``python -m mmaction_multigrid plan`` without building anything. The
+numbers follow Wu et al., "A Multigrid Method for Efficiently Training Video
+Models" (CVPR 2020) as defined in ``shared/multigrid-reference.md``.
+"""
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+Size = Tuple[int, int]
+
+DEFAULT_LONG_CYCLE_FACTORS = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1),
+                              (1, 1))
+DEFAULT_SHORT_CYCLE_FACTORS = (0.5, 0.5**0.5)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A long-cycle shape.
+
+    Attributes:
+        batch: Batch multiplier relative to the stock per-GPU batch.
+        frames: Clip length in frames.
+        size: Spatial output size ``(height, width)``.
+    """
+    batch: int
+    frames: int
+    size: Size
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One entry of the long-cycle schedule.
+
+    Attributes:
+        lr_stage: Index of the stock LR stage it belongs to (0 before the
+            first milestone).
+        shape: Base shape trained during the entry.
+        end_epoch: First epoch after the entry (exclusive end).
+    """
+    lr_stage: int
+    shape: Shape
+    end_epoch: int
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one mini-batch of one GPU looks like.
+
+    Attributes:
+        batch_size: Clips in the batch (per GPU).
+        clip_len: Frames per clip.
+        frame_interval: Temporal stride between sampled frames.
+        size: Spatial output size ``(height, width)``.
+    """
+    batch_size: int
+    clip_len: int
+    frame_interval: int
+    size: Size
+
+
+def batch_multiplier(default: Tuple[float, float, float],
+                     shape: Tuple[float, float, float]) -> int:
+    """Batch multiplier that keeps the per-sample cost ``t*h*w`` constant.
+
+    Args:
+        default: Default ``(frames, height, width)``.
+        shape: Reduced ``(frames, height, width)``, possibly unrounded.
+
+    Returns:
+        int: ``round(T*H*W / (t*h*w))``.
+    """
+    return int(round(math.prod(default) / math.prod(shape)))
+
+
+def num_batches(num_samples: int, batch_sizes: Sequence[int],
+                drop_last: bool) -> int:
+    """Number of batches of one epoch that cycles through ``batch_sizes``.
+
+    With ``drop_last`` the reference count ``floor(n / mean(batch_sizes))``;
+    otherwise enough batches to see every sample once.
+
+    Args:
+        num_samples: Samples the (per-rank) sampler yields in one epoch.
+        batch_sizes: The batch sizes cycled through, iteration by iteration.
+        drop_last: Whether an incomplete last batch is dropped.
+
+    Returns:
+        int: The number of batches.
+    """
+    mean = sum(batch_sizes) / len(batch_sizes)
+    if drop_last:
+        return int(math.floor(num_samples / mean))
+    count, seen = 0, 0
+    while seen < num_samples:
+        seen += batch_sizes[count % len(batch_sizes)]
+        count += 1
+    return count
+
+
+class MultiGridSchedule:
+    """Long- and short-cycle multigrid schedule of one training run.
+
+    Args:
+        clip_len: ``T``, frames per clip of the stock pipeline.
+        frame_interval: ``r``, frame interval of the stock pipeline.
+        size: ``S`` as ``(height, width)`` or an int for a square size.
+        batch_size: ``B``, the stock per-GPU batch size.
+        max_epochs: ``E``, the stock number of epochs.
+        milestones: Epochs at which the stock schedule multiplies the LR by
+            ``gamma``.
+        gamma: LR decay factor. Defaults to 0.1.
+        warmup_epochs: Length of the stock linear warm-up in epochs, 0 for
+            none. Defaults to 0.
+        warmup_start_factor: LR factor at the start of the warm-up.
+            Defaults to 0.1.
+        long_cycle: Whether to use long cycles. Defaults to True.
+        short_cycle: Whether to use short cycles. Defaults to True.
+        long_cycle_factors: ``(t_factor, s_factor)`` of each long-cycle shape.
+        short_cycle_factors: Spatial factors of the two smaller short-cycle
+            shapes.
+        epoch_factor: Total epochs relative to the stock run.
+            Defaults to 1.5.
+    """
+
+    def __init__(self,
+                 clip_len: int,
+                 frame_interval: int,
+                 size,
+                 batch_size: int,
+                 max_epochs: int,
+                 milestones: Sequence[int],
+                 gamma: float = 0.1,
+                 warmup_epochs: int = 0,
+                 warmup_start_factor: float = 0.1,
+                 long_cycle: bool = True,
+                 short_cycle: bool = True,
+                 long_cycle_factors: Sequence[Sequence[float]] = (
+                     DEFAULT_LONG_CYCLE_FACTORS),
+                 short_cycle_factors: Sequence[float] = (
+                     DEFAULT_SHORT_CYCLE_FACTORS),
+                 epoch_factor: float = 1.5) -> None:
+        self.clip_len = clip_len
+        self.frame_interval = frame_interval
+        self.size: Size = (size, size) if isinstance(size, int) else tuple(
+            size)
+        self.batch_size = batch_size
+        self.stock_max_epochs = max_epochs
+        self.stock_milestones = list(milestones)
+        self.gamma = gamma
+        self.warmup_epochs = warmup_epochs
+        self.warmup_start_factor = warmup_start_factor
+        self.long_cycle = long_cycle
+        self.short_cycle = short_cycle
+        self.long_cycle_factors = [tuple(f) for f in long_cycle_factors]
+        self.short_cycle_factors = list(short_cycle_factors)
+        self.epoch_factor = epoch_factor
+        if not long_cycle and not short_cycle:
+            raise ValueError('multi_grid: `long_cycle` and `short_cycle` are '
+                             'both False; enable at least one of them.')
+        if not self.stock_milestones:
+            raise ValueError(
+                'multi_grid needs a step LR schedule: the stock '
+                '`param_scheduler` has no MultiStepLR milestone.')
+        self.default_shape = Shape(1, clip_len, self.size)
+        if long_cycle:
+            self.stages = self._long_cycle_stages()
+            self.max_epochs = self.stages[-1].end_epoch
+            self.milestones = [s.end_epoch for s in self.stages[:-1]]
+        else:
+            self.max_epochs = int(max_epochs * epoch_factor)
+            self.milestones = [int(m * epoch_factor) for m in milestones]
+            self.stages = [
+                Stage(i, self.default_shape, end) for i, end in enumerate(
+                    self.milestones + [self.max_epochs])
+            ]
+        self._check_shapes()
+
+    # ----------------------------------------------------------- shapes --
+    def _scaled_size(self, factor: float) -> Tuple[float, float]:
+        """Spatial size scaled by ``factor`` on both sides, unrounded."""
+        return (self.size[0] * factor, self.size[1] * factor)
+
+    def _shape(self, frames: int, size: Tuple[float, float]) -> Shape:
+        """Shape of ``frames`` x ``size`` with its cost-keeping batch."""
+        batch = batch_multiplier((self.clip_len, ) + self.size,
+                                 (frames, ) + tuple(size))
+        return Shape(batch, frames,
+                     (int(round(size[0])), int(round(size[1]))))
+
+    def long_cycle_shapes(self) -> List[List[Shape]]:
+        """Shapes of each long-cycle entry.
+
+        Returns:
+            list[list[Shape]]: per long-cycle factor, the short-cycle shapes
+            (two smaller sizes, then the base one) or just the base shape
+            when short cycles are off.
+        """
+        all_shapes = []
+        for t_factor, s_factor in self.long_cycle_factors:
+            frames = int(round(self.clip_len * t_factor))
+            base = tuple(round(x) for x in self._scaled_size(s_factor))
+            sizes = [base]
+            if self.short_cycle:
+                sizes = [self._scaled_size(f)
+                         for f in self.short_cycle_factors] + sizes
+            all_shapes.append([self._shape(frames, s) for s in sizes])
+        return all_shapes
+
+    def _long_cycle_stages(self) -> List[Stage]:
+        """Long-cycle schedule, stretched to ``E * epoch_factor`` epochs."""
+        all_shapes = self.long_cycle_shapes()
+        avg_b = [sum(s.batch for s in shapes) / len(shapes)
+                 for shapes in all_shapes]
+        steps = [0] + self.stock_milestones
+        entries, iters = [], 0.0
+        for i in range(len(steps) - 1):
+            for j, shapes in enumerate(all_shapes):
+                epochs = (steps[i + 1] - steps[i]) * avg_b[j] / sum(avg_b)
+                iters += epochs / avg_b[j]
+                entries.append((i, shapes[-1], epochs))
+        iter_saving = steps[-1] / iters if iters else 1.0
+        ft_epochs = (self.stock_max_epochs -
+                     steps[-1]) / iter_saving * avg_b[-1]
+        entries.append((len(steps) - 1, self.default_shape, ft_epochs))
+        x = self.stock_max_epochs * self.epoch_factor / sum(
+            e[2] for e in entries)
+        stages, total = [], 0.0
+        for lr_stage, shape, epochs in entries:
+            total += epochs * x
+            stages.append(Stage(lr_stage, shape, int(round(total))))
+        return stages
+
+    def _check_shapes(self) -> None:
+        """Raise a ValueError naming the option when a shape rounds to 0."""
+        for shape in [s for shapes in self.long_cycle_shapes()
+                      for s in shapes]:
+            if shape.frames < 1:
+                raise ValueError(
+                    'multi_grid.long_cycle_factors: a t_factor gives '
+                    f'{shape.frames} frames for clip_len={self.clip_len}; '
+                    'use larger factors or a longer clip.')
+            if min(shape.size) < 1 or shape.batch < 1:
+                raise ValueError(
+                    'multi_grid.long_cycle_factors/short_cycle_factors: '
+                    f'a factor gives the spatial size {shape.size} for '
+                    f'default_s={self.size}; use larger factors.')
+        for factor in self.short_cycle_factors if self.short_cycle else []:
+            if min(round(x) for x in self._scaled_size(factor)) < 1:
+                raise ValueError(
+                    'multi_grid.short_cycle_factors: factor '
+                    f'{factor} rounds default_s={self.size} to 0 pixels.')
+
+    # ------------------------------------------------------ per epoch --
+    def stage_index(self, epoch: int) -> int:
+        """Index into :attr:`stages` of the entry that trains ``epoch``."""
+        for i, stage in enumerate(self.stages):
+            if stage.end_epoch > epoch:
+                return i
+        return len(self.stages) - 1
+
+    def base_shape(self, epoch: int) -> Shape:
+        """Long-cycle base shape of ``epoch`` (0-based)."""
+        return self.stages[self.stage_index(epoch)].shape
+
+    def short_cycle_sizes(self, base: Shape) -> List[Tuple[int, Size]]:
+        """Batch factors and spatial sizes of the short cycle of ``base``.
+
+        Args:
+            base: A long-cycle base shape.
+
+        Returns:
+            list[tuple[int, Size]]: ``(k_i * b, size_i)`` for each
+            short-cycle iteration, in order; one entry when short cycles
+            are off.
+        """
+        cycle = [(base.batch, base.size)]
+        if self.short_cycle:
+            smaller = []
+            for factor in self.short_cycle_factors:
+                k = int(round((base.size[0] / (factor * self.size[0]))**2))
+                size = tuple(int(round(x)) for x in self._scaled_size(factor))
+                smaller.append((base.batch * k, size))
+            cycle = smaller + cycle
+        return cycle
+
+    def batch_shapes(self, epoch: int) -> List[BatchShape]:
+        """Per-GPU mini-batch shapes that ``epoch`` cycles through.
+
+        Args:
+            epoch: 0-based epoch.
+
+        Returns:
+            list[BatchShape]: three shapes with short cycles, else one.
+        """
+        base = self.base_shape(epoch)
+        interval = max(1, int(round(self.frame_interval * self.clip_len /
+                                    base.frames)))
+        return [
+            BatchShape(self.batch_size * b, base.frames, interval, size)
+            for b, size in self.short_cycle_sizes(base)
+        ]
+
+    def num_batches(self, epoch: int, num_samples: int,
+                    drop_last: bool = True) -> int:
+        """Iterations of ``epoch`` for a sampler of ``num_samples`` samples."""
+        sizes = [s.batch_size for s in self.batch_shapes(epoch)]
+        return num_batches(num_samples, sizes, drop_last)
+
+    # -------------------------------------------------------------- LR --
+    def lr_points(self) -> Tuple[List[int], List[float]]:
+        """LR change points (epochs) and the relative LR from each point.
+
+        Returns:
+            tuple[list[int], list[float]]: change points and relative LRs.
+        """
+        if not self.long_cycle:
+            points = [0] + self.milestones
+            return points, [self.gamma**i for i in range(len(points))]
+        ends = [s.end_epoch for s in self.stages]
+        points = [0] + ends[:-1] + [(ends[-2] + ends[-1]) // 2]
+        # The fine-tuning phase runs its first half at gamma**(n-1) and its
+        # second half at gamma**n (n milestones), at the default batch.
+        n = len(self.stock_milestones)
+        rel = [self.gamma**s.lr_stage * s.shape.batch
+               for s in self.stages[:-1]] + [self.gamma**(n - 1),
+                                             self.gamma**n]
+        return points, rel
+
+    def _step_factor(self, epoch: float) -> float:
+        """Relative LR of the step schedule at ``epoch``, no warm-up."""
+        points, rel = self.lr_points()
+        index = max(i for i, p in enumerate(points) if p <= epoch)
+        return rel[index]
+
+    def lr_factor(self, epoch: float) -> float:
+        """LR at fractional ``epoch`` relative to the stock base LR.
+
+        Args:
+            epoch: ``epoch + iter / iters_in_epoch``.
+
+        Returns:
+            float: multiply the base LR by this.
+        """
+        if epoch < self.warmup_epochs:
+            start = self.warmup_start_factor
+            end = self._step_factor(self.warmup_epochs)
+            return start + epoch * (end - start) / self.warmup_epochs
+        return self._step_factor(epoch)
+
+    def compute_ratio(self) -> float:
+        """Compute of the multigrid run relative to the stock run.
+
+        Per-clip cost is taken as proportional to ``frames*height*width``;
+        both runs see every sample once per epoch.
+
+        Returns:
+            float: multigrid compute / stock compute.
+        """
+        default = self.clip_len * self.size[0] * self.size[1]
+        total = 0.0
+        for epoch in range(self.max_epochs):
+            shapes = self.batch_shapes(epoch)
+            mean_batch = sum(s.batch_size for s in shapes) / len(shapes)
+            per_batch = sum(s.batch_size * s.clip_len * s.size[0] *
+                            s.size[1] for s in shapes) / len(shapes)
+            total += per_batch / mean_batch / default
+        return total / self.stock_max_epochs
+
+    def iteration_ratio(self) -> float:
+        """Stock iterations divided by multigrid iterations (same data)."""
+        iters = 0.0
+        for epoch in range(self.max_epochs):
+            shapes = self.batch_shapes(epoch)
+            mean = sum(s.batch_size for s in shapes) / len(shapes)
+            iters += self.batch_size / mean
+        return self.stock_max_epochs / iters
+
+    def describe(self, base_lr: Optional[float] = None) -> List[dict]:
+        """One row per stage, for tables and logs.
+
+        Args:
+            base_lr: Stock LR; rows give relative LRs when None.
+
+        Returns:
+            list[dict]: ``stage, begin, end, frames, interval, size, batch``
+            (the short-cycle batch sizes) and ``lr`` (LR at the stage's
+            first epoch after warm-up).
+        """
+        rows, begin = [], 0
+        for i, stage in enumerate(self.stages):
+            shapes = self.batch_shapes(begin)
+            lr = self._step_factor(begin) * (base_lr or 1.0)
+            rows.append(
+                dict(stage=i, lr_stage=stage.lr_stage, begin=begin,
+                     end=stage.end_epoch, frames=shapes[-1].clip_len,
+                     interval=shapes[-1].frame_interval,
+                     sizes=[s.size for s in shapes],
+                     batch=[s.batch_size for s in shapes], lr=lr))
+            begin = stage.end_epoch
+        return rows
