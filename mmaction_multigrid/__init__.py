@@ -1,2 +1,24 @@
-"""Multigrid training for MMAction2 1.x."""
+"""Multigrid training (Wu et al., CVPR 2020) for MMAction2 1.x / MMEngine.
+
+Importing the package registers its components into MMAction2's registries
+and installs the switch that trains configs with ``multi_grid`` the
+multigrid way (see :mod:`mmaction_multigrid.runner`).
+"""
+from .bn import SubBatchNorm3d, convert_sub_batch_bn
+from .convert import convert_config, validate_options
+from .datasets import MultiGridDataset, ShapedIndex
+from .hooks import MultiGridHook
+from .runner import MultiGridRunner, install_switch
+from .samplers import ShortCycleBatchSampler
+from .schedule import MultiGridSchedule
+from .schedulers import MultiGridLR
 from .version import __version__
+
+install_switch()
+
+__all__ = [
+    'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
+    'MultiGridSchedule', 'ShapedIndex', 'ShortCycleBatchSampler',
+    'SubBatchNorm3d', 'convert_config', 'convert_sub_batch_bn',
+    'install_switch', 'validate_options', '__version__'
+]

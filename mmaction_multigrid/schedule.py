@@ -107,10 +107,11 @@ class MultiGridSchedule:
         clip_len: ``T``, frames per clip of the stock pipeline.
         frame_interval: ``r``, frame interval of the stock pipeline.
         size: ``S`` as ``(height, width)`` or an int for a square size.
-        batch_size: ``B``, the stock per-GPU batch size.
         max_epochs: ``E``, the stock number of epochs.
         milestones: Epochs at which the stock schedule multiplies the LR by
             ``gamma``.
+        batch_size: ``B``, the stock per-GPU batch size; only the batch
+            sizes depend on it. Defaults to 1.
         gamma: LR decay factor. Defaults to 0.1.
         warmup_epochs: Length of the stock linear warm-up in epochs, 0 for
             none. Defaults to 0.
@@ -129,9 +130,9 @@ class MultiGridSchedule:
                  clip_len: int,
                  frame_interval: int,
                  size,
-                 batch_size: int,
                  max_epochs: int,
                  milestones: Sequence[int],
+                 batch_size: int = 1,
                  gamma: float = 0.1,
                  warmup_epochs: int = 0,
                  warmup_start_factor: float = 0.1,
@@ -142,6 +143,16 @@ class MultiGridSchedule:
                  short_cycle_factors: Sequence[float] = (
                      DEFAULT_SHORT_CYCLE_FACTORS),
                  epoch_factor: float = 1.5) -> None:
+        self.args = dict(
+            clip_len=clip_len, frame_interval=frame_interval,
+            size=list(size) if isinstance(size, (list, tuple)) else size,
+            max_epochs=max_epochs, milestones=list(milestones), gamma=gamma,
+            warmup_epochs=warmup_epochs,
+            warmup_start_factor=warmup_start_factor, long_cycle=long_cycle,
+            short_cycle=short_cycle,
+            long_cycle_factors=[list(f) for f in long_cycle_factors],
+            short_cycle_factors=list(short_cycle_factors),
+            epoch_factor=epoch_factor)
         self.clip_len = clip_len
         self.frame_interval = frame_interval
         self.size: Size = (size, size) if isinstance(size, int) else tuple(

@@ -1,0 +1,125 @@
+"""MultiGridDataset: a dataset wrapper that loads clips of the shape an index
+carries.
+
+The short-cycle batch sampler yields :class:`ShapedIndex` tuples; this
+wrapper (running in the DataLoader workers) swaps in the wrapped dataset's
+pipeline for that shape and loads the sample. Nothing is kept between
+samples, so any number of workers and ``persistent_workers=True`` work.
+"""
+import copy
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+
+from mmaction.registry import DATASETS, TRANSFORMS
+from mmengine.dataset import BaseDataset, Compose
+
+from .pipeline import reshape_pipeline
+
+
+class ShapedIndex(NamedTuple):
+    """A dataset index and the clip shape to load it with.
+
+    Attributes:
+        index: Index into the wrapped dataset.
+        clip_len: Frames per clip.
+        frame_interval: Temporal stride.
+        height: Output height.
+        width: Output width.
+    """
+    index: int
+    clip_len: int
+    frame_interval: int
+    height: int
+    width: int
+
+
+def _leaves(cfg: dict, dataset) -> List[Tuple[object, list]]:
+    """Datasets that own a pipeline, with their pipeline configs.
+
+    Walks stock wrappers (``ConcatDataset``'s ``datasets``,
+    ``RepeatDataset``/``ClassBalancedDataset``'s ``dataset``) in step with
+    the built instances.
+    """
+    if 'datasets' in cfg:
+        return [
+            leaf for sub_cfg, sub in zip(cfg['datasets'], dataset.datasets)
+            for leaf in _leaves(sub_cfg, sub)
+        ]
+    if 'dataset' in cfg:
+        return _leaves(cfg['dataset'], dataset.dataset)
+    if 'pipeline' not in cfg:
+        raise ValueError(
+            f'MultiGridDataset: the dataset config {cfg.get("type")} has no '
+            '`pipeline`; cannot apply multigrid shapes to it.')
+    return [(dataset, list(cfg['pipeline']))]
+
+
+@DATASETS.register_module()
+class MultiGridDataset:
+    """Wrap a train dataset so that each sample has the shape its index asks.
+
+    Args:
+        dataset (dict): Config of the wrapped dataset (``VideoDataset``,
+            ``RawframeDataset``, or a stock wrapper around them). A config is
+            needed, not an instance: the pipeline is rebuilt from it for each
+            shape.
+        lazy_init (bool): Whether to defer loading the annotations.
+            Defaults to False.
+
+    Note:
+        Plain integer indices (validation, precise BN, a stock sampler) load
+        the default shape with the stock pipeline. A pipeline is built once
+        per distinct shape per process, on first use.
+    """
+
+    def __init__(self, dataset: Union[dict, BaseDataset],
+                 lazy_init: bool = False) -> None:
+        if not isinstance(dataset, dict):
+            raise TypeError(
+                'MultiGridDataset needs the dataset *config* (a dict) to '
+                'rebuild its pipeline per shape, got '
+                f'{type(dataset).__name__}.')
+        self._cfg = copy.deepcopy(dataset)
+        self.dataset = DATASETS.build(dataset)
+        self._leaves = _leaves(self._cfg, self.dataset)
+        self._stock = [leaf.pipeline for leaf, _ in self._leaves]
+        self._pipelines: Dict[Tuple[int, ShapedIndex], Compose] = {}
+        self._metainfo = copy.deepcopy(self.dataset.metainfo)
+        self._fully_initialized = False
+        if not lazy_init:
+            self.full_init()
+
+    @property
+    def metainfo(self) -> dict:
+        """Meta information of the wrapped dataset (a copy)."""
+        return copy.deepcopy(self._metainfo)
+
+    def full_init(self) -> None:
+        """Fully initialise the wrapped dataset."""
+        if self._fully_initialized:
+            return
+        self.dataset.full_init()
+        self._fully_initialized = True
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _pipeline(self, leaf: int, shape: ShapedIndex) -> Compose:
+        """Pipeline of leaf dataset ``leaf`` for ``shape`` (cached)."""
+        key = (leaf, shape._replace(index=0))
+        if key not in self._pipelines:
+            cfg = reshape_pipeline(self._leaves[leaf][1], shape.clip_len,
+                                   shape.frame_interval,
+                                   (shape.height, shape.width))
+            self._pipelines[key] = Compose(
+                [TRANSFORMS.build(t) for t in cfg])
+        return self._pipelines[key]
+
+    def __getitem__(self, idx: Union[int, ShapedIndex, tuple]) -> dict:
+        shape: Optional[ShapedIndex] = None
+        if isinstance(idx, tuple):
+            shape = ShapedIndex(*idx)
+            idx = shape.index
+        for i, (leaf, _) in enumerate(self._leaves):
+            leaf.pipeline = (self._stock[i] if shape is None else
+                             self._pipeline(i, shape))
+        return self.dataset[idx]

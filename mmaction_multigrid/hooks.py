@@ -1,0 +1,263 @@
+"""MultiGridHook: keeps the Runner in step with the multigrid schedule."""
+import logging
+import random
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from mmaction.registry import HOOKS
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from torch.utils.data import DataLoader
+
+from .precise_bn import update_bn_stats
+from .samplers import ShortCycleBatchSampler
+from .schedule import MultiGridSchedule
+from .schedulers import MultiGridLR
+
+CKPT_KEY = 'multi_grid'
+
+
+def schedule_table(schedule: MultiGridSchedule,
+                   base_lr: Optional[float] = None) -> str:
+    """The schedule as a text table, one line per long-cycle stage."""
+    lines = [
+        'stage  epochs     frames  interval  crop (HxW)                  '
+        'clips/GPU      lr'
+    ]
+    for row in schedule.describe(base_lr):
+        sizes = ' '.join(f'{h}x{w}' for h, w in row['sizes'])
+        batch = '/'.join(str(b) for b in row['batch'])
+        lines.append(f'{row["stage"]:>5}  {row["begin"]:>3}-{row["end"]:<5}'
+                     f'{row["frames"]:>7}  {row["interval"]:>8}  '
+                     f'{sizes:<26}  {batch:<12} {row["lr"]:.4g}')
+    return '\n'.join(lines)
+
+
+def _rng_state() -> dict:
+    """Python, NumPy and torch CPU random states."""
+    return dict(python=random.getstate(), numpy=np.random.get_state(),
+                torch=torch.get_rng_state())
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+
+
+@HOOKS.register_module()
+class MultiGridHook(Hook):
+    """Drive multigrid training from inside the Runner.
+
+    - ``before_train``: checks the model accepts every multigrid input shape
+      (one tiny forward each, eval mode, no gradient), gives the epoch
+      lengths to ``MultiGridLR``, sets ``max_iters`` (so the ETA is right)
+      and logs the schedule table.
+    - ``before_train_epoch``: selects the epoch's long-cycle shape in the
+      ``ShortCycleBatchSampler``.
+    - ``before_train_iter``: logs the clips, frames and crop size of the
+      batch the model receives (``train/clips``, ``train/frames``,
+      ``train/crop_h``, ``train/crop_w`` in every log line).
+    - ``after_train_epoch``: with ``precise_bn``, recomputes BN statistics at
+      the default shape before a validation or checkpoint.
+    - Checkpoints carry the schedule and the random states under
+      ``'multi_grid'`` so that a resumed run continues exactly.
+
+    Args:
+        precise_bn (dict, optional): ``dict(num_iters=N)`` to recompute BN
+            statistics over N default-shape batches. Defaults to None.
+
+    Note:
+        Priority ``ABOVE_NORMAL``: ``after_train_epoch`` must run before
+        ``CheckpointHook`` (``VERY_LOW``) saves.
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def __init__(self, precise_bn: Optional[dict] = None) -> None:
+        self.precise_bn = precise_bn
+
+    # ------------------------------------------------------------ helpers
+    @staticmethod
+    def _sampler(runner) -> ShortCycleBatchSampler:
+        sampler = runner.train_dataloader.batch_sampler
+        if not isinstance(sampler, ShortCycleBatchSampler):
+            raise TypeError('MultiGridHook needs train_dataloader.'
+                            'batch_sampler=ShortCycleBatchSampler; convert '
+                            'the config with mmaction_multigrid.'
+                            'convert_config.')
+        return sampler
+
+    @staticmethod
+    def _schedulers(runner) -> List[MultiGridLR]:
+        schedulers = runner.param_schedulers or []
+        if isinstance(schedulers, dict):
+            schedulers = [s for group in schedulers.values() for s in group]
+        return [s for s in schedulers if isinstance(s, MultiGridLR)]
+
+    def _check_model(self, runner, shapes: Sequence) -> None:
+        """One tiny forward per distinct input shape, before training."""
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        param = next(model.parameters())
+        was_training = model.training
+        model.eval()
+        try:
+            for clip_len, (h, w) in sorted(set(shapes)):
+                inputs = torch.zeros(1, 1, 3, clip_len, h, w,
+                                     device=param.device, dtype=param.dtype)
+                try:
+                    with torch.no_grad():
+                        model(inputs, None, mode='tensor')
+                except Exception as error:  # any failure means the shape
+                    raise ValueError(
+                        f'multi_grid: {type(model).__name__} with backbone '
+                        f'{type(getattr(model, "backbone", model)).__name__}'
+                        f' cannot take the multigrid input of {clip_len} '
+                        f'frames x {h}x{w} ({type(error).__name__}: '
+                        f'{error}). Models with a fixed input shape (C3D, '
+                        'TimeSformer) do not support multigrid; for '
+                        'SlowFast use long_cycle_factors whose t_factor '
+                        'gives at least resample_rate frames; or remove '
+                        '`multi_grid`.') from error
+        finally:
+            model.train(was_training)
+
+    # -------------------------------------------------------------- hooks
+    def before_train(self, runner) -> None:
+        sampler = self._sampler(runner)
+        schedule = sampler.schedule
+        if runner.max_epochs != schedule.max_epochs:
+            raise ValueError(
+                f'train_cfg.max_epochs={runner.max_epochs} but the multigrid '
+                f'schedule has {schedule.max_epochs} epochs; let the '
+                'conversion set max_epochs.')
+        lengths = [sampler.num_batches(e) for e in range(runner.max_epochs)]
+        empty = [e for e, n in enumerate(lengths) if n == 0]
+        if empty:
+            biggest = max(s.batch_size for s in schedule.batch_shapes(
+                empty[0]))
+            raise ValueError(
+                f'multi_grid: epoch {empty[0]} has no full batch: '
+                f'{len(sampler.sampler)} samples per GPU but batches of up '
+                f'to {biggest} clips. Use a smaller '
+                'train_dataloader.batch_size, more data, or '
+                'train_dataloader.drop_last=False.')
+        for scheduler in self._schedulers(runner):
+            scheduler.set_epoch_lengths(lengths)
+        # MMEngine 0.10.7's EpochBasedTrainLoop computes max_iters once as
+        # max_epochs * len(dataloader); epochs differ in length here. No
+        # public setter exists, so this is the one private write.
+        runner.train_loop._max_iters = sum(lengths)
+        shapes = [(s.clip_len, s.size) for e in range(runner.max_epochs)
+                  for s in schedule.batch_shapes(e)]
+        self._check_model(runner, shapes)
+        runner.logger.info(
+            f'Multigrid schedule ({schedule.max_epochs} epochs instead of '
+            f'{schedule.stock_max_epochs}, {sum(lengths)} iterations, '
+            f'{1 / schedule.compute_ratio():.2f}x less compute):\n' +
+            schedule_table(schedule, self._initial_lr(runner)))
+
+    @staticmethod
+    def _initial_lr(runner) -> Optional[float]:
+        """The stock base LR of the first parameter group."""
+        for group in runner.optim_wrapper.param_groups:
+            return group.get('initial_lr', group['lr'])
+        return None
+
+    def before_train_epoch(self, runner) -> None:
+        sampler = self._sampler(runner)
+        sampler.set_epoch(runner.epoch)
+        schedule = sampler.schedule
+        index = schedule.stage_index(runner.epoch)
+        shapes = schedule.batch_shapes(runner.epoch)
+        runner.logger.info(
+            f'Multigrid epoch {runner.epoch}: stage {index + 1}/'
+            f'{len(schedule.stages)}, {shapes[-1].clip_len} frames '
+            f'(interval {shapes[-1].frame_interval}), crops '
+            f'{[s.size for s in shapes]}, clips/GPU '
+            f'{[s.batch_size for s in shapes]}, {len(sampler)} iterations.')
+
+    def before_train_iter(self, runner, batch_idx: int,
+                          data_batch: Optional[dict] = None) -> None:
+        inputs = (data_batch or {}).get('inputs')
+        if not inputs:
+            return
+        shape = inputs[0].shape  # (clips x crops, C, T, H, W)
+        hub = runner.message_hub
+        hub.update_scalar('train/clips', len(inputs))
+        hub.update_scalar('train/frames', shape[-3])
+        hub.update_scalar('train/crop_h', shape[-2])
+        hub.update_scalar('train/crop_w', shape[-1])
+
+    def after_train_epoch(self, runner) -> None:
+        if self.precise_bn is None or not self._evaluates_or_saves(runner):
+            return
+        dataloader = runner.train_dataloader
+        loader = DataLoader(
+            dataloader.dataset,
+            batch_size=self._sampler(runner).batch_size,
+            shuffle=True,
+            num_workers=dataloader.num_workers,
+            collate_fn=dataloader.collate_fn,
+            drop_last=True)
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+
+        def forward(batch: dict):
+            data = model.data_preprocessor(batch, True)
+            return model(**data, mode='tensor')
+
+        used = update_bn_stats(model, loader,
+                               self.precise_bn.get('num_iters', 200),
+                               forward)
+        runner.logger.info(f'Precise BN: BN statistics recomputed at the '
+                           f'default shape over {used} batches.')
+
+    @staticmethod
+    def _evaluates_or_saves(runner) -> bool:
+        """Whether validation or a checkpoint follows this epoch."""
+        epoch = runner.epoch + 1
+        if epoch == runner.max_epochs:
+            return True
+        loop = runner.train_loop
+        if (runner.val_loop is not None and epoch >= loop.val_begin
+                and epoch % loop.val_interval == 0):
+            return True
+        for hook in runner.hooks:
+            interval = getattr(hook, 'interval', None)
+            if (type(hook).__name__ == 'CheckpointHook' and interval
+                    and interval > 0 and epoch % interval == 0):
+                return True
+        return False
+
+    # ---------------------------------------------------------- resume
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        schedule = self._sampler(runner).schedule
+        checkpoint[CKPT_KEY] = dict(schedule=schedule.args,
+                                    rng=_rng_state())
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state: Dict = checkpoint.get(CKPT_KEY)
+        epoch = checkpoint.get('meta', {}).get('epoch', 0)
+        if state is None:
+            print_log(
+                'multi_grid: this checkpoint was written without '
+                'mmaction-multigrid; training continues on the multigrid '
+                f'schedule from epoch {epoch} (its shapes, batch sizes and '
+                'LR from that epoch on).', logger='current',
+                level=logging.WARNING)
+            return
+        current = self._sampler(runner).schedule.args
+        if state['schedule'] != current:
+            changed = sorted(k for k in current
+                             if state['schedule'].get(k) != current[k])
+            print_log(
+                f'multi_grid: the checkpoint was trained with other '
+                f'multigrid settings ({", ".join(changed)} differ); '
+                f'training continues from epoch {epoch} on the schedule of '
+                'the current config.', logger='current',
+                level=logging.WARNING)
+        _set_rng_state(state['rng'])

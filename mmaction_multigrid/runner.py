@@ -1,0 +1,54 @@
+"""MultiGridRunner and the import-time switch that routes configs with
+``multi_grid`` to it.
+
+``tools/train.py`` of MMAction2 builds its Runner with ``Runner.from_cfg``.
+Importing this package (``custom_imports``) wraps that classmethod once: a
+config with ``multi_grid`` is built by :class:`MultiGridRunner`, which
+converts it first; any other config goes through the stock code unchanged.
+"""
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from .bn import convert_sub_batch_bn
+from .convert import convert_config
+
+_STOCK_FROM_CFG = Runner.from_cfg.__func__
+
+
+@RUNNERS.register_module()
+class MultiGridRunner(Runner):
+    """A Runner that trains a config with ``multi_grid`` the multigrid way.
+
+    ``from_cfg`` converts the config (see
+    :func:`mmaction_multigrid.convert_config`), so the config dumped into the
+    work dir is the converted one. ``build_model`` makes BatchNorm3d layers
+    sub-batch BN when ``multi_grid.bn_base_size`` is set; their checkpoint
+    keys stay those of ``nn.BatchNorm3d``.
+    """
+
+    @classmethod
+    def from_cfg(cls, cfg) -> 'Runner':
+        return _STOCK_FROM_CFG(cls, convert_config(cfg))
+
+    def build_model(self, model):
+        model = super().build_model(model)
+        base_size = (self.cfg.get('multi_grid') or {}).get('bn_base_size')
+        if base_size:
+            model = convert_sub_batch_bn(model, base_size)
+        return model
+
+
+def _from_cfg(cls, cfg) -> Runner:
+    """``Runner.from_cfg`` that sends configs with ``multi_grid`` to
+    :class:`MultiGridRunner`."""
+    if cfg.get('multi_grid') is not None and not issubclass(
+            cls, MultiGridRunner):
+        return MultiGridRunner.from_cfg(cfg)
+    return _STOCK_FROM_CFG(cls, cfg)
+
+
+def install_switch() -> None:
+    """Route ``Runner.from_cfg`` of ``multi_grid`` configs to
+    :class:`MultiGridRunner` (idempotent)."""
+    if Runner.__dict__['from_cfg'].__func__ is not _from_cfg:
+        Runner.from_cfg = classmethod(_from_cfg)

@@ -1,0 +1,75 @@
+"""ShortCycleBatchSampler: per-GPU batches whose size and shape follow the
+multigrid schedule, iteration by iteration."""
+from typing import Iterator, List
+
+from mmaction.registry import DATA_SAMPLERS
+from torch.utils.data import BatchSampler, Sampler
+
+from .datasets import ShapedIndex
+from .schedule import MultiGridSchedule
+
+
+@DATA_SAMPLERS.register_module()
+class ShortCycleBatchSampler(BatchSampler):
+    """Batch sampler for multigrid training.
+
+    Within an epoch it cycles through the short-cycle batch sizes of the
+    epoch's long-cycle shape (one size when short cycles are off), restarting
+    the cycle every epoch. Every index of a batch is a
+    :class:`~mmaction_multigrid.datasets.ShapedIndex` carrying the clip shape
+    of that batch.
+
+    With ``drop_last`` an epoch has ``floor(n / mean(batch sizes))`` batches
+    (the reference count); when the samples run out before that, the last
+    batches are completed from the start of the epoch's order, so every batch
+    is full and every rank yields the same number of batches.
+
+    Args:
+        sampler (Sampler): The per-rank sampler (e.g. ``DefaultSampler``).
+        batch_size (int): The stock per-GPU batch size.
+        drop_last (bool): Whether to drop the incomplete last batch.
+            Defaults to True.
+        schedule (dict): Arguments of
+            :class:`~mmaction_multigrid.schedule.MultiGridSchedule` except
+            ``batch_size``.
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int,
+                 drop_last: bool = True, schedule: dict = None) -> None:
+        if schedule is None:
+            raise ValueError('ShortCycleBatchSampler needs `schedule`; it is '
+                             'written by the multigrid config conversion.')
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.schedule = MultiGridSchedule(batch_size=batch_size, **schedule)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the long-cycle shape of ``epoch`` (0-based)."""
+        self.epoch = epoch
+
+    def num_batches(self, epoch: int) -> int:
+        """Number of batches of ``epoch``."""
+        return self.schedule.num_batches(epoch, len(self.sampler),
+                                         self.drop_last)
+
+    def __len__(self) -> int:
+        return self.num_batches(self.epoch)
+
+    def __iter__(self) -> Iterator[List[ShapedIndex]]:
+        shapes = self.schedule.batch_shapes(self.epoch)
+        order = list(self.sampler)
+        start = 0
+        for k in range(len(self)):
+            shape = shapes[k % len(shapes)]
+            stop = start + shape.batch_size
+            if self.drop_last:
+                chunk = [order[i % len(order)] for i in range(start, stop)]
+            else:
+                chunk = order[start:stop]
+            start = stop
+            yield [
+                ShapedIndex(i, shape.clip_len, shape.frame_interval,
+                            *shape.size) for i in chunk
+            ]

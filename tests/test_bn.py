@@ -1,0 +1,286 @@
+"""Tests for sub-batch BatchNorm (mmaction_multigrid.bn)."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmaction_multigrid.bn import (SubBatchNorm3d, SubBatchSyncBatchNorm,
+                                   convert_sub_batch_bn)
+
+C = 4
+
+
+def _inputs(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    # Different mean/scale per sample so that groups differ.
+    shift = torch.randn(n, 1, 1, 1, 1, generator=g) * 2
+    scale = torch.rand(n, 1, 1, 1, 1, generator=g) + 0.5
+    return torch.randn(n, C, 2, 3, 3, generator=g) * scale + shift
+
+
+def _affine(bn: nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(C, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(C, generator=g))
+
+
+def _aggregate(bns):
+    means = torch.stack([b.running_mean for b in bns])
+    variances = torch.stack([b.running_var for b in bns])
+    return means.mean(0), variances.mean(0) + means.var(0, unbiased=False)
+
+
+def _per_group(x, base, momentum=0.1, weight=None, bias=None):
+    bns = []
+    outs = []
+    for part in torch.split(x, base):
+        bn = nn.BatchNorm3d(C, momentum=momentum)
+        if weight is not None:
+            with torch.no_grad():
+                bn.weight.copy_(weight)
+                bn.bias.copy_(bias)
+        outs.append(bn(part))
+        bns.append(bn)
+    return torch.cat(outs), bns
+
+
+@pytest.mark.parametrize('n', [16, 24, 20, 9])
+def test_train_output_equals_per_group_bn(n):
+    bn = SubBatchNorm3d(C, base_size=8)
+    _affine(bn)
+    x = _inputs(n)
+    out = bn(x)
+    expected, _ = _per_group(x, 8, weight=bn.weight, bias=bn.bias)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_match_per_group_bn():
+    bn = SubBatchNorm3d(C, base_size=8)
+    _affine(bn)
+    ref = [nn.BatchNorm3d(C) for _ in range(3)]
+    for r in ref:
+        r.load_state_dict(bn.state_dict())
+    x = _inputs(20).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    target = torch.randn_like(x)
+    (bn(x) * target).sum().backward()
+    outs = [r(p) for r, p in zip(ref, torch.split(x_ref, 8))]
+    (torch.cat(outs) * target).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        bn.weight.grad, sum(r.weight.grad for r in ref), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_running_stats_are_aggregated_split_stats(momentum):
+    bn = SubBatchNorm3d(C, momentum=momentum, base_size=8)
+    refs = [nn.BatchNorm3d(C, momentum=momentum) for _ in range(3)]
+    for step in range(5):
+        x = _inputs(24, seed=step)
+        bn(x)
+        for ref, part in zip(refs, torch.split(x, 8)):
+            ref(part)
+    mean, var = _aggregate(refs)
+    torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-5)
+    assert int(bn.num_batches_tracked) == 5
+    assert bn._split_mean.shape == (3, C)
+
+    # Eval uses the aggregated statistics, like a plain BatchNorm3d.
+    plain = nn.BatchNorm3d(C, momentum=momentum)
+    plain.load_state_dict(bn.state_dict())
+    bn.eval()
+    plain.eval()
+    x = _inputs(24, seed=99)
+    torch.testing.assert_close(bn(x), plain(x), atol=1e-6, rtol=1e-6)
+    reference = nn.BatchNorm3d(C).eval()
+    reference.running_mean.copy_(mean)
+    reference.running_var.copy_(var)
+    torch.testing.assert_close(bn(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_small_batch_is_plain_batchnorm(momentum):
+    bn = SubBatchNorm3d(C, momentum=momentum, base_size=8)
+    plain = nn.BatchNorm3d(C, momentum=momentum)
+    _affine(bn)
+    plain.load_state_dict(bn.state_dict())
+    for step, n in enumerate([8, 5, 8, 2]):
+        x = _inputs(n, seed=step)
+        torch.testing.assert_close(bn(x), plain(x), atol=0, rtol=0)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(bn.state_dict()[key], value), key
+
+
+def test_state_dict_equals_batchnorm3d():
+    bn = SubBatchNorm3d(C, base_size=8)
+    bn(_inputs(24))  # slots exist, but stay out of the state_dict
+    plain = nn.BatchNorm3d(C)
+    sd, ref = bn.state_dict(), plain.state_dict()
+    assert list(sd) == list(ref)
+    assert all(sd[k].shape == ref[k].shape for k in ref)
+    plain.load_state_dict(sd, strict=True)
+    bn.load_state_dict(ref, strict=True)
+    assert bn._split_mean is None  # loading resets the group statistics
+
+    sync = SubBatchSyncBatchNorm(C, base_size=8)
+    assert list(sync.state_dict()) == list(nn.SyncBatchNorm(C).state_dict())
+
+
+def test_sync_variant_sub_batch_path():
+    sync = SubBatchSyncBatchNorm(C, base_size=8)
+    bn = SubBatchNorm3d(C, base_size=8)
+    _affine(sync)
+    bn.load_state_dict(sync.state_dict())
+    for step in range(3):
+        x = _inputs(20, seed=step)
+        torch.testing.assert_close(sync(x), bn(x), atol=0, rtol=0)
+    torch.testing.assert_close(sync.running_mean, bn.running_mean)
+    torch.testing.assert_close(sync.running_var, bn.running_var)
+
+
+def test_varying_batch_sizes():
+    bn = SubBatchNorm3d(C, base_size=8)
+    for step, n in enumerate([32, 16, 16, 32, 8, 24]):
+        out = bn(_inputs(n, seed=step))
+        assert out.shape[0] == n
+        assert torch.isfinite(bn.running_mean).all()
+        assert torch.isfinite(bn.running_var).all()
+        assert (bn.running_var > 0).all()
+        groups = -(-n // 8)
+        if groups == 1:
+            assert bn._split_mean is None
+        else:
+            assert bn._split_mean.shape == (groups, C)
+    assert int(bn.num_batches_tracked) == 6
+
+
+def test_new_slots_start_from_running_stats():
+    bn = SubBatchNorm3d(C, momentum=0.1, base_size=8)
+    x = _inputs(16)
+    bn(_inputs(8, seed=5))  # plain step: running stats move, no slots
+    start_mean = bn.running_mean.clone()
+    start_var = bn.running_var.clone()
+    bn(x)
+    refs = [nn.BatchNorm3d(C, momentum=0.1) for _ in range(2)]
+    for ref, part in zip(refs, torch.split(x, 8)):
+        ref.running_mean.copy_(start_mean)
+        ref.running_var.copy_(start_var)
+        ref(part)
+    mean, var = _aggregate(refs)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+
+
+def test_bfloat16_autocast():
+    bn = SubBatchNorm3d(C, base_size=8)
+    plain = nn.BatchNorm3d(C)
+    conv = nn.Conv3d(C, C, 1)
+    x = _inputs(16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        for inp in (x, conv(x)):  # float32 and bfloat16 inputs
+            out = bn(inp)
+            ref = plain(inp)
+            assert out.dtype == ref.dtype
+            assert torch.isfinite(out.float()).all()
+    assert bn.running_mean.dtype == torch.float32
+
+
+def test_invalid_base_size():
+    for bad in (0, -1, 2.0, True, None):
+        with pytest.raises(ValueError, match='multi_grid.bn_base_size'):
+            SubBatchNorm3d(C, base_size=bad)
+    with pytest.raises(ValueError, match='multi_grid.bn_base_size'):
+        convert_sub_batch_bn(nn.BatchNorm3d(C), 0)
+
+
+def _resnet():
+    from mmaction.models.backbones import ResNet3d
+    torch.manual_seed(0)
+    model = ResNet3d(
+        depth=18,
+        pretrained=None,
+        pretrained2d=False,
+        base_channels=8,
+        conv1_kernel=(1, 3, 3),
+        inflate=(0, 0, 0, 0))
+    model.init_weights()
+    return model
+
+
+def test_convert_resnet3d_keeps_parameters_and_state_dict():
+    model = _resnet()
+    plain = copy.deepcopy(model)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    params = {name: p for name, p in model.named_parameters()}
+    buffers = {name: b for name, b in model.named_buffers()}
+    num_bn = sum(isinstance(m, nn.BatchNorm3d) for m in model.modules())
+
+    converted = convert_sub_batch_bn(model, base_size=2)
+    assert converted is model
+    sub = [m for m in model.modules() if isinstance(m, SubBatchNorm3d)]
+    assert len(sub) == num_bn > 0
+    assert all(m.training and m.base_size == 2 for m in sub)
+    for name, p in model.named_parameters():
+        assert p is params[name], name
+    for name, b in model.named_buffers():
+        assert b is buffers[name], name
+    # Converting again changes nothing.
+    assert convert_sub_batch_bn(model, base_size=4) is model
+    assert all(m.base_size == 2 for m in model.modules()
+               if isinstance(m, SubBatchNorm3d))
+
+    # State dicts are interchangeable, both ways, strictly.
+    model.load_state_dict(plain.state_dict(), strict=True)
+    plain.load_state_dict(model.state_dict(), strict=True)
+
+    # The optimizer built before the conversion still trains the model.
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.randn(4, 3, 2, 32, 32)
+    model(x).mean().backward()
+    optimizer.step()
+    changed = [n for n, p in model.named_parameters()
+               if not torch.equal(p, before[n])]
+    assert any('bn' in n for n in changed)
+    assert any('conv' in n for n in changed)
+    # Running stats were updated through the shared buffers.
+    assert int(sub[0].num_batches_tracked) == 1
+
+
+def test_convert_root_and_sync_bn():
+    bn = nn.BatchNorm3d(C, momentum=None, affine=False).eval()
+    new = convert_sub_batch_bn(bn, 8)
+    assert type(new) is SubBatchNorm3d and not new.training
+    assert new.momentum is None and not new.affine
+    assert new.running_mean is bn.running_mean
+
+    shared = nn.SyncBatchNorm(C)
+    seq = nn.Sequential(shared, nn.ReLU(), shared)
+    convert_sub_batch_bn(seq, 8)
+    assert type(seq[0]) is SubBatchSyncBatchNorm and seq[0] is seq[2]
+    assert seq[0].weight is shared.weight
+
+
+def test_registry_and_build_norm_layer():
+    import mmaction_multigrid.bn  # noqa: F401 (registers the layers)
+    from mmaction.registry import MODELS
+    from mmcv.cnn import build_norm_layer
+    from mmengine.registry import init_default_scope
+
+    layer = MODELS.build(dict(type='SubBatchBN3d', num_features=C,
+                              base_size=8))
+    assert isinstance(layer, SubBatchNorm3d) and layer.base_size == 8
+    layer = MODELS.build(dict(type='SubBatchSyncBN', num_features=C,
+                              base_size=8))
+    assert isinstance(layer, SubBatchSyncBatchNorm)
+
+    init_default_scope('mmaction')
+    name, layer = build_norm_layer(
+        dict(type='SubBatchBN3d', base_size=8, requires_grad=False), C, 1)
+    assert name == 'bn1'
+    assert isinstance(layer, SubBatchNorm3d)
+    assert not layer.weight.requires_grad
