@@ -187,7 +187,6 @@ class MultiGridSchedule:
                 Stage(i, self.default_shape, end) for i, end in enumerate(
                     self.milestones + [self.max_epochs])
             ]
-        self._check_shapes()
 
     # ----------------------------------------------------------- shapes --
     def _scaled_size(self, factor: float) -> Tuple[float, float]:
@@ -195,7 +194,20 @@ class MultiGridSchedule:
         return (self.size[0] * factor, self.size[1] * factor)
 
     def _shape(self, frames: int, size: Tuple[float, float]) -> Shape:
-        """Shape of ``frames`` x ``size`` with its cost-keeping batch."""
+        """Shape of ``frames`` x ``size`` with its cost-keeping batch.
+
+        Raises:
+            ValueError: if the shape rounds to 0 frames or pixels.
+        """
+        if frames < 1:
+            raise ValueError(
+                'multi_grid.long_cycle_factors: a t_factor gives 0 frames '
+                f'for clip_len={self.clip_len}; use larger factors.')
+        if min(round(size[0]), round(size[1])) < 1:
+            raise ValueError(
+                'multi_grid.long_cycle_factors/short_cycle_factors: a '
+                f'factor rounds default_s={self.size} to 0 pixels; use '
+                'larger factors.')
         batch = batch_multiplier((self.clip_len, ) + self.size,
                                  (frames, ) + tuple(size))
         return Shape(batch, frames,
@@ -243,26 +255,6 @@ class MultiGridSchedule:
             total += epochs * x
             stages.append(Stage(lr_stage, shape, int(round(total))))
         return stages
-
-    def _check_shapes(self) -> None:
-        """Raise a ValueError naming the option when a shape rounds to 0."""
-        for shape in [s for shapes in self.long_cycle_shapes()
-                      for s in shapes]:
-            if shape.frames < 1:
-                raise ValueError(
-                    'multi_grid.long_cycle_factors: a t_factor gives '
-                    f'{shape.frames} frames for clip_len={self.clip_len}; '
-                    'use larger factors or a longer clip.')
-            if min(shape.size) < 1 or shape.batch < 1:
-                raise ValueError(
-                    'multi_grid.long_cycle_factors/short_cycle_factors: '
-                    f'a factor gives the spatial size {shape.size} for '
-                    f'default_s={self.size}; use larger factors.')
-        for factor in self.short_cycle_factors if self.short_cycle else []:
-            if min(round(x) for x in self._scaled_size(factor)) < 1:
-                raise ValueError(
-                    'multi_grid.short_cycle_factors: factor '
-                    f'{factor} rounds default_s={self.size} to 0 pixels.')
 
     # ------------------------------------------------------ per epoch --
     def stage_index(self, epoch: int) -> int:

@@ -1,0 +1,94 @@
+"""An independent transcription of the reference multigrid semantics
+(shared/multigrid-reference.md), used by the tests as the oracle.
+
+Written from the reference's formulas, separately from the package's code.
+"""
+import math
+
+
+def long_cycle(T, S, E, milestones, long_factors, short_factors, short_cycle,
+               epoch_factor):
+    """[(lr_stage, (b, t, (h, w)), end_epoch)] for long cycles on."""
+    H, W = S
+    default = T * H * W
+    all_shapes, avg_bs = [], []
+    for t_f, s_f in long_factors:
+        t = round(T * t_f)
+        hw = (round(H * s_f), round(W * s_f))
+        pairs = [(t, hw)]
+        if short_cycle:
+            pairs = [(t, (H * f, W * f)) for f in short_factors] + pairs
+        shapes = [(round(default / (t * h * w)), t, (round(h), round(w)))
+                  for t, (h, w) in pairs]
+        all_shapes.append(shapes)
+        avg_bs.append(sum(s[0] for s in shapes) / len(shapes))
+    steps = [0] + list(milestones)
+    sched, iters = [], 0
+    for i in range(len(steps) - 1):
+        for j, shapes in enumerate(all_shapes):
+            ep = (steps[i + 1] - steps[i]) * avg_bs[j] / sum(avg_bs)
+            iters += ep / avg_bs[j]
+            sched.append((i, shapes[-1], ep))
+    saving = steps[-1] / iters
+    sched.append((len(steps) - 1, (1, T, (H, W)),
+                  (E - steps[-1]) / saving * avg_bs[-1]))
+    x = E * epoch_factor / sum(s[2] for s in sched)
+    out, total = [], 0
+    for stage, shape, ep in sched:
+        total += ep * x
+        out.append((stage, shape, round(total)))
+    return out
+
+
+def short_only(T, S, E, milestones, epoch_factor):
+    """Same format for short cycles only."""
+    ends = [int(m * epoch_factor) for m in milestones] + [int(E * epoch_factor)]
+    return [(i, (1, T, tuple(S)), end) for i, end in enumerate(ends)]
+
+
+def base_at(schedule, epoch):
+    for stage, shape, end in schedule:
+        if end > epoch:
+            return stage, shape
+    return schedule[-1][0], schedule[-1][1]
+
+
+def batches(B, base, S, short_factors, short_cycle):
+    """[(per-GPU batch, (h, w))] cycled through within an epoch."""
+    b, t, (h, w) = base
+    cycle = []
+    if short_cycle:
+        for f in short_factors:
+            k = round((h / (f * S[0]))**2)
+            cycle.append((B * b * k, (round(f * S[0]), round(f * S[1]))))
+    cycle.append((B * b, (h, w)))
+    return cycle
+
+
+def lr_factor(e, schedule, gamma, n_milestones, long_cycle_on, warmup=0,
+              start=0.1):
+    """Relative LR at fractional epoch e (warm-up included)."""
+    def step(e):
+        if long_cycle_on:
+            ends = [s[2] for s in schedule]
+            points = [0] + ends[:-1] + [(ends[-2] + ends[-1]) // 2]
+            rels = [gamma**s[0] * s[1][0] for s in schedule]
+            rels = rels[:-1] + [rels[-2], rels[-1]]
+        else:
+            points = [0] + [s[2] for s in schedule[:-1]]
+            rels = [gamma**i for i in range(len(points))]
+        idx = max(i for i, p in enumerate(points) if p <= e)
+        return rels[idx]
+    if e < warmup:
+        return start + e * (step(warmup) - start) / warmup
+    return step(e)
+
+
+def epoch_batches(n, cycle_sizes, drop_last=True):
+    if drop_last:
+        return math.floor(n / (sum(cycle_sizes) / len(cycle_sizes)))
+    count = seen = 0
+    while seen < n:
+        seen += cycle_sizes[count % len(cycle_sizes)]
+        count += 1
+    return count
