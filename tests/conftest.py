@@ -6,6 +6,7 @@ import sys
 
 import mmaction
 import pytest
+import torch
 from mmengine.config import Config
 
 from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
@@ -21,6 +22,9 @@ import recorder  # noqa: E402,F401  (registers InputRecorder)
 # mmengine 0.10.7 + torch >= 2.6: checkpoints need weights_only=False
 # (environment.md); the same variable a user sets for tools/test.py.
 os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+# Toy runs with 1-clip BN groups can blow up activations; denormal floats
+# then make CPU kernels crawl.
+torch.set_flush_denormal(True)
 
 
 @pytest.fixture(scope='session')

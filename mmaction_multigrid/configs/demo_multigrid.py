@@ -107,6 +107,13 @@ test_cfg = dict(type='TestLoop')
 
 param_scheduler = [
     dict(
+        type='LinearLR',
+        start_factor=0.1,
+        by_epoch=True,
+        begin=0,
+        end=5,
+        convert_to_iter_based=True),
+    dict(
         type='MultiStepLR',
         begin=0,
         end=20,
