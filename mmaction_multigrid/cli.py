@@ -204,20 +204,21 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def scale_epochs(cfg: Config, epochs: int) -> None:
-    """Shorten or lengthen the stock schedule of ``cfg`` to ``epochs``.
+    """Stretch the stock schedule of ``cfg`` (warm-up, steps) to ``epochs``.
 
     Args:
-        cfg: A config with one epoch-based ``MultiStepLR``.
+        cfg: A config with epoch-based ``param_scheduler`` entries.
         epochs: New stock epoch count (multigrid trains ``epoch_factor``
             times as many).
     """
-    old = cfg.train_cfg.max_epochs
+    ratio = epochs / cfg.train_cfg.max_epochs
     cfg.train_cfg.max_epochs = epochs
     for sched in cfg.param_scheduler:
-        sched.end = epochs
-        sched.milestones = sorted({
-            min(max(1, round(m * epochs / old)), epochs - 1)
-            for m in sched.milestones})
+        sched.end = max(1, round(sched.end * ratio))
+        if 'milestones' in sched:
+            sched.milestones = sorted(
+                {min(max(1, round(m * ratio)), epochs - 1)
+                 for m in sched.milestones})
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -7,10 +7,12 @@ pipeline for that shape and loads the sample. Nothing is kept between
 samples, so any number of workers and ``persistent_workers=True`` work.
 """
 import copy
+import logging
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from mmaction.registry import DATASETS, TRANSFORMS
 from mmengine.dataset import BaseDataset, Compose
+from mmengine.logging import print_log
 
 from .pipeline import reshape_pipeline
 
@@ -30,6 +32,32 @@ class ShapedIndex(NamedTuple):
     frame_interval: int
     height: int
     width: int
+
+
+class SkipBroken:
+    """Pipeline wrapper that turns a failed sample into ``None``.
+
+    MMEngine's ``BaseDataset`` refetches a random other sample when the
+    pipeline returns ``None`` (up to ``max_refetch`` times), through the same
+    pipeline, so a corrupt or truncated video is skipped and the batch keeps
+    its shape. Every skip is logged with the file it came from.
+
+    Args:
+        pipeline (Compose): The pipeline to guard.
+    """
+
+    def __init__(self, pipeline: Compose) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, results: dict) -> Optional[dict]:
+        source = results.get('filename', results.get('frame_dir'))
+        try:
+            return self.pipeline(results)
+        except Exception as error:  # decoders raise many types
+            print_log(f'Skipping unreadable sample {source}: '
+                      f'{type(error).__name__}: {error}', logger='current',
+                      level=logging.WARNING)
+            return None
 
 
 def _leaves(cfg: dict, dataset) -> List[Tuple[object, list]]:
@@ -66,6 +94,8 @@ class MultiGridDataset:
             Defaults to False.
 
     Note:
+        A sample whose pipeline raises (a corrupt video) is skipped: another
+        one is fetched with the same shape, see :class:`SkipBroken`.
         Plain integer indices (validation, precise BN, a stock sampler) load
         the default shape with the stock pipeline. A pipeline is built once
         per distinct shape per process, on first use.
@@ -81,8 +111,8 @@ class MultiGridDataset:
         self._cfg = copy.deepcopy(dataset)
         self.dataset = DATASETS.build(dataset)
         self._leaves = _leaves(self._cfg, self.dataset)
-        self._stock = [leaf.pipeline for leaf, _ in self._leaves]
-        self._pipelines: Dict[Tuple[int, ShapedIndex], Compose] = {}
+        self._stock = [SkipBroken(leaf.pipeline) for leaf, _ in self._leaves]
+        self._pipelines: Dict[Tuple[int, ShapedIndex], SkipBroken] = {}
         self._metainfo = copy.deepcopy(self.dataset.metainfo)
         self._fully_initialized = False
         if not lazy_init:
@@ -103,15 +133,15 @@ class MultiGridDataset:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _pipeline(self, leaf: int, shape: ShapedIndex) -> Compose:
+    def _pipeline(self, leaf: int, shape: ShapedIndex) -> SkipBroken:
         """Pipeline of leaf dataset ``leaf`` for ``shape`` (cached)."""
         key = (leaf, shape._replace(index=0))
         if key not in self._pipelines:
             cfg = reshape_pipeline(self._leaves[leaf][1], shape.clip_len,
                                    shape.frame_interval,
                                    (shape.height, shape.width))
-            self._pipelines[key] = Compose(
-                [TRANSFORMS.build(t) for t in cfg])
+            self._pipelines[key] = SkipBroken(
+                Compose([TRANSFORMS.build(t) for t in cfg]))
         return self._pipelines[key]
 
     def __getitem__(self, idx: Union[int, ShapedIndex, tuple]) -> dict:

@@ -1,0 +1,116 @@
+"""Tests of ``python -m mmaction_multigrid plan|demo``."""
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import mmaction
+import pytest
+from matplotlib.image import imread
+
+from mmaction_multigrid.cli import main
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+STOCK = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
+                 'recognition')
+I3D = osp.join(STOCK, 'i3d',
+               'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py')
+SLOWFAST = osp.join(
+    ROOT, 'configs',
+    'slowfast_r50_8xb8-8x8x1-steplr-256e_kinetics400-rgb_multigrid.py')
+ADD = ['--cfg-options', 'multi_grid.long_cycle=True']
+
+
+def _cli(*args, cwd=ROOT, timeout=120):
+    """Run the CLI as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, '-m', 'mmaction_multigrid', *args], cwd=cwd,
+        capture_output=True, text=True, timeout=timeout)
+
+
+def _stage_ends(text):
+    return [int(m) for m in re.findall(r'^\s+\d+\s+\d+-(\d+)', text, re.M)]
+
+
+def test_plan_i3d_subprocess(tmp_path):
+    result = _cli('plan', I3D, '--out', str(tmp_path), *ADD)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert _stage_ends(out) == [32, 47, 61, 68, 100, 115, 129, 136, 150]
+    assert 'epochs: 100 stock, 150 multigrid' in out
+    ratio, less = map(float, re.search(
+        r'compute: ([\d.]+) of the stock run \(([\d.]+)x less\)',
+        out).groups())
+    assert ratio == pytest.approx(0.296, abs=0.001)
+    assert less == pytest.approx(3.4, abs=0.05)
+    assert 'no custom_imports' in out  # the stock config lacks them
+    png = tmp_path / ('i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_'
+                      'kinetics400-rgb_multigrid_plan.png')
+    assert f'plot: {png}' in out
+    assert png.stat().st_size > 30_000
+    image = imread(str(png))
+    assert image.shape[0] > 600 and image.shape[1] > 800
+    assert image.std() > 0.05  # not blank
+
+
+def test_plan_slowfast_warmup(tmp_path, capsys):
+    assert main(['plan', SLOWFAST, '--out', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert _stage_ends(out) == [
+        76, 114, 147, 164, 212, 237, 258, 268, 302, 319, 334, 342, 384
+    ]
+    assert 'epochs: 256 stock, 384 multigrid' in out
+    assert 'warm-up: linear from 0.01 over the first 34 epochs' in out
+    assert 'no custom_imports' not in out
+    assert len(list(tmp_path.glob('*_multigrid_plan.png'))) == 1
+
+
+def test_plan_empty_dict_option(tmp_path, capsys):
+    assert main(['plan', I3D, '--out', str(tmp_path), '--cfg-options',
+                 'multi_grid={}', 'multi_grid.epoch_factor=2']) == 0
+    assert 'epochs: 100 stock, 200 multigrid' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('config, options, message', [
+    (I3D, [], 'the config has no `multi_grid`; add `multi_grid = dict()`'),
+    (osp.join(STOCK, 'tsn',
+              'tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-'
+              'rgb.py'), ADD, 'this is a 2D recogniser'),
+    (osp.join(STOCK, 'slowfast',
+              'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'), ADD,
+     'multi_grid needs a step LR schedule: param_scheduler has '
+     'CosineAnnealingLR'),
+    (I3D, ['--cfg-options', 'multi_grid.epoch_factor=0'],
+     'multi_grid.epoch_factor: must be a positive number'),
+    ('missing_config.py', [], 'missing_config.py'),
+],
+                         ids=['no-multi-grid', 'tsn', 'cosine', 'bad-option',
+                              'missing-file'])
+def test_plan_errors(tmp_path, capsys, config, options, message):
+    assert main(['plan', config, '--out', str(tmp_path), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and message in err
+    assert 'Traceback' not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_error_subprocess(tmp_path):
+    result = _cli('plan', I3D, '--out', str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith('error: the config has no `multi_grid`')
+    assert '--cfg-options multi_grid.long_cycle=True' in result.stderr
+    assert 'Traceback' not in result.stderr
+
+
+def test_demo_short(tmp_path):
+    work_dir = tmp_path / 'demo'
+    result = _cli('demo', '--work-dir', str(work_dir), '--epochs', '4',
+                  cwd=str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = re.search(
+        r'^demo: final validation top-1 accuracy ([\d.]+) \(chance 0\.25\) '
+        r'after 6 epochs, \d+ s$', result.stdout, re.M)
+    assert match, result.stdout[-3000:]
+    assert 0 <= float(match.group(1)) <= 1
+    assert (work_dir / 'epoch_6.pth').is_file()
+    assert (work_dir / 'data' / 'train_list.txt').is_file()
