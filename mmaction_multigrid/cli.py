@@ -149,13 +149,18 @@ def plan(args: argparse.Namespace) -> int:
     points, factors = schedule.lr_points()
     compute = schedule.compute_ratio()
     name = osp.splitext(osp.basename(args.config))[0]
+    if name.endswith('_multigrid'):
+        name = name[:-len('_multigrid')]
+    print(f'multigrid plan of {args.config} ({schedule.batch_size} clips '
+          f'per GPU, base lr {base_lr:.4g}):')
     print(schedule_table(schedule, base_lr))
-    print(f'lr steps (epoch: lr): ' + ', '.join(
+    print('lr steps (epoch: lr): ' + ', '.join(
         f'{p}: {base_lr * f:.4g}' for p, f in zip(points, factors)))
     if schedule.warmup_epochs:
         print(f'warm-up: linear from '
-              f'{base_lr * schedule.warmup_start_factor:.4g} over the first '
-              f'{schedule.warmup_epochs} epochs')
+              f'{base_lr * schedule.warmup_start_factor:.4g} to '
+              f'{base_lr * schedule.lr_factor(schedule.warmup_epochs):.4g} '
+              f'over the first {schedule.warmup_epochs} epochs')
     print(f'epochs: {schedule.stock_max_epochs} stock, {schedule.max_epochs} '
           'multigrid')
     print(f'iterations: {schedule.iteration_ratio():.2f}x fewer than the '
@@ -176,11 +181,14 @@ def plan(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Generate a small video set and train the demo config on it."""
-    import mmaction_multigrid  # noqa: F401  (the switch in Runner.from_cfg)
+    import torch
     from mmengine.runner import Runner
 
     from .synthetic import dataset_cfg, make_dataset
 
+    if args.epochs is not None and args.epochs < 2:
+        raise ValueError('--epochs must be at least 2 (the schedule steps '
+                         'its learning rate).')
     start = time.time()
     info = make_dataset(osp.join(args.work_dir, 'data'),
                         videos_per_class=32, val_per_class=8)
@@ -192,9 +200,13 @@ def demo(args: argparse.Namespace) -> int:
         loader.dataset = dataset_cfg(info, loader.dataset.pipeline, split)
     if args.epochs is not None:
         scale_epochs(cfg, args.epochs)
+    # Leave the data workers their cores: on a small CPU, compute threads
+    # that compete with them make training many times slower.
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) - cfg.train_dataloader.num_workers))
     print(schedule_table(config_schedule(cfg),
                          cfg.optim_wrapper.optimizer.lr))
-    runner = Runner.from_cfg(cfg)
+    runner = Runner.from_cfg(cfg)  # a MultiGridRunner: cfg has multi_grid
     runner.train()
     accuracy = runner.message_hub.get_scalar('val/acc/top1').current()
     print(f'demo: final validation top-1 accuracy {accuracy:.3f} (chance '

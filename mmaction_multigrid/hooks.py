@@ -6,11 +6,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from mmaction.registry import HOOKS
+from mmengine.dataset import DefaultSampler
+from mmengine.dist import all_gather_object
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch.utils.data import DataLoader
 
+from .bn import SubBatchNorm3d, SubBatchSyncBatchNorm
 from .precise_bn import update_bn_stats
 from .samplers import ShortCycleBatchSampler
 from .schedule import MultiGridSchedule
@@ -42,9 +45,50 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
+    """Restore what :func:`_rng_state` returned."""
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
     torch.set_rng_state(state['torch'])
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def _sub_bn_layers(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
+    return {
+        name: m
+        for name, m in _unwrap(model).named_modules()
+        if isinstance(m, (SubBatchNorm3d, SubBatchSyncBatchNorm))
+    }
+
+
+def _split_stats(model: torch.nn.Module) -> Dict[str, tuple]:
+    """Per-group running statistics of the sub-batch BN layers (on CPU).
+
+    They are not in the ``state_dict`` (which stays ``BatchNorm3d``'s); the
+    hook keeps them so that a resumed run continues them exactly.
+    """
+    return {
+        name: (m._split_mean.cpu(), m._split_var.cpu())
+        for name, m in _sub_bn_layers(model).items()
+        if m._split_mean is not None
+    }
+
+
+def _set_split_stats(model: torch.nn.Module, stats: Dict[str,
+                                                         tuple]) -> None:
+    """Restore what :func:`_split_stats` returned."""
+    for name, m in _sub_bn_layers(model).items():
+        if name in stats:
+            mean, var = stats[name]
+            device = m.running_mean.device
+            m._split_mean, m._split_var = mean.to(device), var.to(device)
+
+
+def _local_state(runner) -> dict:
+    """What this rank needs to continue exactly: RNG and BN group states."""
+    return dict(rng=_rng_state(), sub_bn=_split_stats(runner.model))
 
 
 @HOOKS.register_module()
@@ -62,8 +106,15 @@ class MultiGridHook(Hook):
       ``train/crop_h``, ``train/crop_w`` in every log line).
     - ``after_train_epoch``: with ``precise_bn``, recomputes BN statistics at
       the default shape before a validation or checkpoint.
-    - Checkpoints carry the schedule and the random states under
-      ``'multi_grid'`` so that a resumed run continues exactly.
+    - Checkpoints carry, under ``'multi_grid'``, the schedule settings, the
+      train sampler's seed and, per rank, the Python/NumPy/torch random
+      states and the sub-batch BN group statistics. A resumed run
+      (``--resume``) gets them back in ``before_train`` and continues with
+      the same shapes, batch sizes, LR, sample order and augmentations as
+      the uninterrupted run; a checkpoint written without the plugin or with
+      other ``multi_grid`` settings is resumed on the current schedule from
+      its epoch, with a warning. Validation restores the random states it
+      found, so that it does not shift them for the next epoch.
 
     Args:
         precise_bn (dict, optional): ``dict(num_iters=N)`` to recompute BN
@@ -78,6 +129,9 @@ class MultiGridHook(Hook):
 
     def __init__(self, precise_bn: Optional[dict] = None) -> None:
         self.precise_bn = precise_bn
+        self._loaded: Optional[tuple] = None
+        self._rng_before_val: Optional[dict] = None
+        self._rank_states: Optional[tuple] = None
 
     # ------------------------------------------------------------ helpers
     @staticmethod
@@ -145,12 +199,17 @@ class MultiGridHook(Hook):
                 f'to {biggest} clips. Use a smaller '
                 'train_dataloader.batch_size, more data, or '
                 'train_dataloader.drop_last=False.')
+        # A resumed run starts at (runner.epoch, runner.iter); the iteration
+        # count need not be sum(lengths[:epoch]) when the checkpoint came
+        # from another number of GPUs or from a run without multigrid.
         for scheduler in self._schedulers(runner):
-            scheduler.set_epoch_lengths(lengths)
+            scheduler.set_epoch_lengths(lengths, runner.epoch, runner.iter)
+            scheduler.start_at(runner.iter)
         # MMEngine 0.10.7's EpochBasedTrainLoop computes max_iters once as
         # max_epochs * len(dataloader); epochs differ in length here. No
         # public setter exists, so this is the one private write.
-        runner.train_loop._max_iters = sum(lengths)
+        runner.train_loop._max_iters = runner.iter + sum(
+            lengths[runner.epoch:])
         shapes = [(s.clip_len, s.size) for e in range(runner.max_epochs)
                   for s in schedule.batch_shapes(e)]
         self._check_model(runner, shapes)
@@ -159,6 +218,7 @@ class MultiGridHook(Hook):
             f'{schedule.stock_max_epochs}, {sum(lengths)} iterations, '
             f'{1 / schedule.compute_ratio():.2f}x less compute):\n' +
             schedule_table(schedule, self._initial_lr(runner)))
+        self._resume(runner)
 
     @staticmethod
     def _initial_lr(runner) -> Optional[float]:
@@ -193,13 +253,29 @@ class MultiGridHook(Hook):
         hub.update_scalar('train/crop_w', shape[-1])
 
     def after_train_epoch(self, runner) -> None:
-        if self.precise_bn is None or not self._evaluates_or_saves(runner):
-            return
+        if self.precise_bn is not None and self._evaluates_or_saves(runner):
+            self._precise_bn(runner)
+        if runner.world_size > 1:
+            # MMEngine 0.10.7 runs Runner.save_checkpoint (and so
+            # before_save_checkpoint) on rank 0 only: the other ranks'
+            # states are collected here, where every rank passes.
+            self._rank_states = (runner.epoch,
+                                 all_gather_object(_local_state(runner)))
+
+    def _precise_bn(self, runner) -> None:
+        """Recompute BN statistics over default-shape batches."""
         dataloader = runner.train_dataloader
+        seed = getattr(self._sampler(runner).sampler, 'seed', None)
+        # Each rank takes its own share of the data (the statistics are
+        # averaged over the ranks), in an order fixed by seed and epoch.
+        sampler = DefaultSampler(
+            dataloader.dataset, shuffle=True,
+            seed=runner.seed if seed is None else seed)
+        sampler.set_epoch(runner.epoch)
         loader = DataLoader(
             dataloader.dataset,
             batch_size=self._sampler(runner).batch_size,
-            shuffle=True,
+            sampler=sampler,
             num_workers=dataloader.num_workers,
             collate_fn=dataloader.collate_fn,
             drop_last=True)
@@ -234,15 +310,46 @@ class MultiGridHook(Hook):
         return False
 
     # ---------------------------------------------------------- resume
+    def before_val(self, runner) -> None:
+        self._rng_before_val = _rng_state()
+
+    def after_val(self, runner) -> None:
+        # Validation leaves the random streams as it found them: a run
+        # resumed from the checkpoint saved just before validation then
+        # draws the same numbers as the uninterrupted run.
+        state = self._rng_before_val
+        if state is not None:
+            _set_rng_state(state)
+            self._rng_before_val = None
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        schedule = self._sampler(runner).schedule
-        checkpoint[CKPT_KEY] = dict(schedule=schedule.args,
-                                    rng=_rng_state())
+        sampler = self._sampler(runner)
+        ranks = [None] * runner.world_size
+        if self._rank_states is not None and self._rank_states[
+                0] == runner.epoch:
+            ranks = list(self._rank_states[1])
+        ranks[runner.rank] = _local_state(runner)
+        checkpoint[CKPT_KEY] = dict(
+            schedule=dict(sampler.schedule.args,
+                          batch_size=sampler.batch_size),
+            sampler_seed=getattr(sampler.sampler, 'seed', None),
+            ranks=ranks)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        state: Dict = checkpoint.get(CKPT_KEY)
-        epoch = checkpoint.get('meta', {}).get('epoch', 0)
-        if state is None:
+        # Acted on in before_train: MMEngine loads the weights (which resets
+        # sub-batch BN groups) and may reseed the RNGs after this hook, and
+        # only then is it known whether this was a resume or a `load_from`.
+        self._loaded = checkpoint.get(CKPT_KEY, {}), checkpoint.get(
+            'meta', {}).get('epoch', 0)
+
+    def _resume(self, runner) -> None:
+        """On a resumed run, say what continues and restore the random
+        states, sampler seed and sub-batch BN groups of the checkpoint."""
+        loaded, self._loaded = self._loaded, None
+        if loaded is None or runner.iter == 0:  # fresh run or `load_from`
+            return
+        state, epoch = loaded
+        if not state:
             print_log(
                 'multi_grid: this checkpoint was written without '
                 'mmaction-multigrid; training continues on the multigrid '
@@ -250,14 +357,24 @@ class MultiGridHook(Hook):
                 'LR from that epoch on).', logger='current',
                 level=logging.WARNING)
             return
-        current = self._sampler(runner).schedule.args
-        if state['schedule'] != current:
-            changed = sorted(k for k in current
-                             if state['schedule'].get(k) != current[k])
+        sampler = self._sampler(runner)
+        current = dict(sampler.schedule.args, batch_size=sampler.batch_size)
+        saved = state.get('schedule', {})
+        if saved != current:
+            changed = sorted(k for k in current if saved.get(k) != current[k])
             print_log(
                 f'multi_grid: the checkpoint was trained with other '
                 f'multigrid settings ({", ".join(changed)} differ); '
                 f'training continues from epoch {epoch} on the schedule of '
                 'the current config.', logger='current',
                 level=logging.WARNING)
-        _set_rng_state(state['rng'])
+        ranks = state.get('ranks') or []
+        if ranks:
+            mine = ranks[0]
+            if len(ranks) == runner.world_size and ranks[runner.rank]:
+                mine = ranks[runner.rank]
+            _set_rng_state(mine['rng'])
+            _set_split_stats(runner.model, mine.get('sub_bn', {}))
+        seed = state.get('sampler_seed')
+        if seed is not None and hasattr(sampler.sampler, 'seed'):
+            sampler.sampler.seed = seed

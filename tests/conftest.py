@@ -35,6 +35,13 @@ def videos(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def videos32(tmp_path_factory):
+    """8 training videos per class: room for a per-GPU batch of 2."""
+    return make_dataset(str(tmp_path_factory.mktemp('videos32')),
+                        videos_per_class=8, num_frames=40, size=(48, 64))
+
+
+@pytest.fixture(scope='session')
 def rawframes(tmp_path_factory):
     return make_dataset(str(tmp_path_factory.mktemp('rawframes')),
                         videos_per_class=4, num_frames=40, size=(48, 64),
@@ -102,7 +109,6 @@ def toy_config(stock: str, data: dict, clip_len: int = 32,
     # Toy data and 8x-16x multigrid LR multipliers: a small base LR keeps
     # the weights finite (denormals make a diverged CPU run crawl).
     cfg.optim_wrapper.optimizer.lr = 0.001
-    cfg.val_dataloader.batch_size = 4
     cfg.train_cfg.max_epochs = max_epochs
     cfg.train_cfg.val_interval = 1
     cfg.train_cfg.val_begin = 1

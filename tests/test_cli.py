@@ -60,7 +60,7 @@ def test_plan_slowfast_warmup(tmp_path, capsys):
         76, 114, 147, 164, 212, 237, 258, 268, 302, 319, 334, 342, 384
     ]
     assert 'epochs: 256 stock, 384 multigrid' in out
-    assert 'warm-up: linear from 0.01 over the first 34 epochs' in out
+    assert 'warm-up: linear from 0.01 to 0.8 over the first 34 epochs' in out
     assert 'no custom_imports' not in out
     assert len(list(tmp_path.glob('*_multigrid_plan.png'))) == 1
 
@@ -75,7 +75,7 @@ def test_plan_empty_dict_option(tmp_path, capsys):
     (I3D, [], 'the config has no `multi_grid`; add `multi_grid = dict()`'),
     (osp.join(STOCK, 'tsn',
               'tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-'
-              'rgb.py'), ADD, 'this is a 2D recogniser'),
+              'rgb.py'), ADD, 'multigrid needs a 3D recogniser'),
     (osp.join(STOCK, 'slowfast',
               'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'), ADD,
      'multi_grid needs a step LR schedule: param_scheduler has '

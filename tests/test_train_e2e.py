@@ -70,9 +70,12 @@ STOCK_CASES = [
     pytest.param(
         'csn/ircsn_ig65m-pretrained-r50-bnfrozen_8xb12-32x2x1-58e_'
         'kinetics400-rgb.py', dict(clip_len=32), id='csn'),
+    # TPN's auxiliary head has BN on 1x1x1 features: it needs 2+ clips per
+    # BN group, like the stock config does at batch size 1.
     pytest.param(
         'tpn/tpn-slowonly_imagenet-pretrained-r50_8xb8-8x8x1-150e_'
-        'kinetics400-rgb.py', dict(clip_len=8, interval=4), id='tpn'),
+        'kinetics400-rgb.py', dict(clip_len=8, interval=4, batch_size=2),
+        id='tpn'),
     pytest.param(
         'c2d/c2d_r50-in1k-pre_8xb32-8x8x1-100e_kinetics400-rgb.py',
         dict(clip_len=8, interval=4), id='c2d'),
@@ -80,12 +83,14 @@ STOCK_CASES = [
 
 
 @pytest.mark.parametrize('stock,kw', STOCK_CASES)
-def test_stock_config_follows_reference(stock, kw, videos, tmp_path):
-    cfg = toy_config(stock, videos, work_dir=str(tmp_path), multi_grid={},
+def test_stock_config_follows_reference(stock, kw, request, tmp_path):
+    batch = kw.get('batch_size', 1)
+    data = request.getfixturevalue('videos32' if batch > 1 else 'videos')
+    cfg = toy_config(stock, data, work_dir=str(tmp_path), multi_grid={},
                      **kw)
     runner = train(cfg)
-    want = expected_run(16, kw['clip_len'], 32, 1, 4, [2, 3], 0.001,
-                        warmup=kw.get('warmup', 0))
+    want = expected_run(16 * batch, kw['clip_len'], 32, batch, 4, [2, 3],
+                        0.001, warmup=kw.get('warmup', 0))
     assert_matches(recorded(tmp_path), want)
     assert runner.max_epochs == want[-1][0] + 1 == runner.epoch
     assert runner.iter == runner.max_iters == len(want)

@@ -1,0 +1,180 @@
+"""Distributed multigrid training: two real processes (gloo, CPU) through the
+real Runner, compared with one process training the same global batch."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import pytest
+import torch
+from conftest import TESTS, toy_config
+from mmengine.runner import Runner
+
+import mmaction_multigrid  # noqa: F401  (installs the switch)
+from mmaction_multigrid.schedule import MultiGridSchedule
+from probes import TINY_I3D, read_samples, with_filenames
+
+I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
+WORLD = 2
+# Two long-cycle shapes keep the biggest batch at 8 clips per GPU, so 16
+# videos (8 per rank) give 1 + 3 + 3 iterations over three epochs, each a
+# full short cycle. bn_base_size=1 normalises every clip on its own, so one
+# process with the doubled batch computes exactly what the two ranks do.
+MULTI_GRID = dict(long_cycle_factors=((0.5, 1), (1, 1)), bn_base_size=1,
+                  precise_bn=dict(num_iters=2))
+SCHEDULE = dict(clip_len=32, frame_interval=1, size=32, max_epochs=2,
+                milestones=[1], long_cycle_factors=((0.5, 1), (1, 1)))
+
+
+def config(videos, work_dir, batch_size, distributed):
+    cfg = toy_config(I3D, videos, work_dir=str(work_dir), max_epochs=2,
+                     milestones=(1, ), batch_size=batch_size,
+                     multi_grid=dict(MULTI_GRID),
+                     options=dict(TINY_I3D, **{
+                         'model.cls_head.dropout_ratio': 0.0,
+                         'train_cfg.val_interval': 100}))
+    # Augmentations off (centre crop, no flip, fixed frame offsets): the
+    # ranks and the single process draw random numbers differently, the
+    # comparison is about the multigrid data split, shapes, LR and BN.
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    pipeline[1]['test_mode'] = True
+    pipeline[:] = [t for t in pipeline if t['type'] != 'Flip']
+    for i, t in enumerate(pipeline):
+        if t['type'] == 'MultiScaleCrop':
+            pipeline[i] = dict(type='CenterCrop', crop_size=32)
+    with_filenames(cfg)
+    cfg.custom_imports['imports'].append('probes')
+    cfg.custom_hooks.append(dict(type='SampleRecorder'))
+    if distributed:
+        cfg.launcher = 'pytorch'
+        # MMEngine's default wrapper passes device_ids=[LOCAL_RANK], which
+        # DDP refuses for a CPU module; device_ids=None is the CPU form.
+        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
+                                     device_ids=None,
+                                     broadcast_buffers=False)
+    return cfg
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def launch(config_path, world=WORLD, timeout=240):
+    """Run ``dist_driver.py`` as ``world`` ranks; fail with the children's
+    tracebacks if any rank fails (the others are then stopped)."""
+    port = str(free_port())
+    logs = [osp.join(osp.dirname(config_path), f'rank{r}.err')
+            for r in range(world)]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1',
+                   MASTER_PORT=port, OMP_NUM_THREADS='1',
+                   PYTHONPATH=TESTS + os.pathsep +
+                   os.environ.get('PYTHONPATH', ''))
+        with open(logs[rank], 'w') as err:
+            procs.append(subprocess.Popen(
+                [sys.executable, osp.join(TESTS, 'dist_driver.py'),
+                 str(config_path)], env=env, stdout=subprocess.DEVNULL,
+                stderr=err))
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = any(p.poll() not in (None, 0) for p in procs)
+            if failed or time.monotonic() > deadline:
+                time.sleep(3)  # let the other ranks report their error
+                break
+            time.sleep(0.5)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    codes = [p.returncode for p in procs]
+    if any(codes):
+        report = []
+        for rank, (code, log) in enumerate(zip(codes, logs)):
+            with open(log) as f:
+                report.append(f'--- rank {rank} exited {code}:\n'
+                              f'{f.read()[-4000:]}')
+        pytest.fail('\n'.join(report), pytrace=False)
+
+
+def per_epoch(records):
+    out = defaultdict(list)
+    for r in records:
+        out[r['epoch']].append(r)
+    return out
+
+
+@pytest.fixture(scope='module')
+def runs(videos, tmp_path_factory):
+    root = tmp_path_factory.mktemp('dist')
+    cfg = config(videos, root / 'ddp', batch_size=1, distributed=True)
+    cfg.dump(str(root / 'ddp.py'))
+    launch(root / 'ddp.py')
+    single = config(videos, root / 'single', batch_size=2,
+                    distributed=False)
+    Runner.from_cfg(single).train()
+    return root / 'ddp', root / 'single'
+
+
+def test_ranks_step_together(runs):
+    ddp, _ = runs
+    ranks = [read_samples(ddp, r) for r in range(WORLD)]
+    schedule = MultiGridSchedule(batch_size=1, **SCHEDULE)
+    want = []
+    for epoch in range(schedule.max_epochs):
+        shapes = schedule.batch_shapes(epoch)
+        for i in range(schedule.num_batches(epoch, 16 // WORLD)):
+            s = shapes[i % len(shapes)]
+            want.append((epoch, i, [s.batch_size, 3, s.clip_len, *s.size]))
+    assert [sum(w[0] == e for w in want) for e in range(3)] == [1, 3, 3]
+    for records in ranks:
+        # Per-GPU batch sizes, same iterations and short-cycle phase.
+        assert [(r['epoch'], r['iter'], r['shape'])
+                for r in records] == want
+        assert [r['lr'] for r in records] == [r['lr'] for r in ranks[0]]
+
+
+def test_ranks_split_the_data(runs):
+    ddp, _ = runs
+    ranks = [per_epoch(read_samples(ddp, r)) for r in range(WORLD)]
+    for epoch in ranks[0]:
+        files = [[f for r in rank[epoch] for f in r['files']]
+                 for rank in ranks]
+        for own in files:
+            assert len(own) == len(set(own))
+            assert not any('corrupt' in f for f in own)
+        assert not set(files[0]) & set(files[1]), epoch
+
+
+def test_same_as_one_process_with_global_batch(runs):
+    ddp, single = runs
+    ranks = [read_samples(ddp, r) for r in range(WORLD)]
+    one = read_samples(single)
+    assert len(one) == len(ranks[0])
+    for r0, r1, s in zip(*ranks, one):
+        assert (s['epoch'], s['iter']) == (r0['epoch'], r0['iter'])
+        assert s['shape'] == [2 * r0['shape'][0]] + r0['shape'][1:]
+        assert s['lr'] == pytest.approx(r0['lr'], rel=1e-12)
+        # The global batch is the same clips, split over the ranks.
+        assert sorted(s['files']) == sorted(r0['files'] + r1['files'])
+    a = torch.load(osp.join(ddp, 'epoch_3.pth'), map_location='cpu')
+    b = torch.load(osp.join(single, 'epoch_3.pth'), map_location='cpu')
+    for key, value in a['state_dict'].items():
+        if value.is_floating_point() and 'running' not in key:
+            torch.testing.assert_close(value, b['state_dict'][key],
+                                       rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_checkpoint_keeps_every_rank(runs):
+    ddp, _ = runs
+    state = torch.load(osp.join(ddp, 'epoch_3.pth'),
+                       map_location='cpu')['multi_grid']
+    assert len(state['ranks']) == WORLD
