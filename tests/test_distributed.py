@@ -35,7 +35,8 @@ def config(videos, work_dir, batch_size, distributed):
                      multi_grid=dict(MULTI_GRID),
                      options=dict(TINY_I3D, **{
                          'model.cls_head.dropout_ratio': 0.0,
-                         'train_cfg.val_interval': 100}))
+                         'train_cfg.val_interval': 100,
+                         'optim_wrapper.optimizer.lr': 1e-5}))
     # Augmentations off (centre crop, no flip, fixed frame offsets): the
     # ranks and the single process draw random numbers differently, the
     # comparison is about the multigrid data split, shapes, LR and BN.
@@ -165,16 +166,31 @@ def test_same_as_one_process_with_global_batch(runs):
         assert s['lr'] == pytest.approx(r0['lr'], rel=1e-12)
         # The global batch is the same clips, split over the ranks.
         assert sorted(s['files']) == sorted(r0['files'] + r1['files'])
-    a = torch.load(osp.join(ddp, 'epoch_3.pth'), map_location='cpu')
-    b = torch.load(osp.join(single, 'epoch_3.pth'), map_location='cpu')
-    for key, value in a['state_dict'].items():
-        if value.is_floating_point() and 'running' not in key:
-            torch.testing.assert_close(value, b['state_dict'][key],
-                                       rtol=1e-4, atol=1e-5, msg=key)
+    # Same weights. The toy model amplifies float rounding (1 vs 2 threads
+    # alone moves the updates by ~1e-3), so the updates are compared to a
+    # tolerance far below what a wrong split or BN grouping gives (~1).
+    ckpts = [[load(osp.join(run, f'epoch_{e}.pth')) for e in (1, 3)]
+             for run in (ddp, single)]
+    (d1, d3), (s1, s3) = [[c['state_dict'] for c in run] for run in ckpts]
+    for key, value in s3.items():
+        if not value.is_floating_point() or 'running_var' in key:
+            continue
+        if 'running_mean' in key:  # precise BN: same clips, same means
+            for d, s in ((d1, s1), (d3, s3)):
+                torch.testing.assert_close(d[key], s[key], rtol=1e-4,
+                                           atol=1e-6, msg=key)
+            continue
+        torch.testing.assert_close(d1[key], s1[key], rtol=1e-5, atol=1e-7,
+                                   msg=key)
+        update, want = d3[key] - d1[key], value - s1[key]
+        assert (update - want).norm() <= 0.05 * want.norm() + 1e-9, key
+
+
+def load(path):
+    return torch.load(path, map_location='cpu')
 
 
 def test_checkpoint_keeps_every_rank(runs):
     ddp, _ = runs
-    state = torch.load(osp.join(ddp, 'epoch_3.pth'),
-                       map_location='cpu')['multi_grid']
+    state = load(osp.join(ddp, 'epoch_3.pth'))['multi_grid']
     assert len(state['ranks']) == WORLD

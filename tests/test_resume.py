@@ -30,8 +30,7 @@ SCHEDULE = dict(clip_len=32, frame_interval=1, size=32, max_epochs=4,
 
 def resume_config(videos, multi_grid=None, checkpoint_interval=2):
     cfg = toy_config(
-        I3D, videos, multi_grid=multi_grid or dict(
-            precise_bn=dict(num_iters=2)),
+        I3D, videos, multi_grid=multi_grid or dict(),
         options=dict(TINY_I3D, **{
             'default_hooks.checkpoint.interval': checkpoint_interval}))
     cfg.custom_imports['imports'].append('probes')

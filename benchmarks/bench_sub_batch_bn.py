@@ -1,0 +1,77 @@
+"""Speed cost of sub-batch BN over plain BN, per training iteration at the
+largest multigrid batch.
+
+Builds the stock I3D R50 model of the installed MMAction2, then times
+forward + backward + SGD step on the first long-cycle stage's first
+short-cycle batch (the largest: 16x the stock per-GPU batch at 1/4 of the
+frames and half the crop), with plain BatchNorm3d and with sub-batch BN
+(groups of the stock batch). Prints both and the overhead.
+
+    python benchmarks/bench_sub_batch_bn.py [--stock-batch 2] [--size 112]
+"""
+import argparse
+import copy
+import os.path as osp
+import time
+
+import mmaction
+import torch
+from mmaction.registry import MODELS
+from mmaction.utils import register_all_modules
+from mmengine.config import Config
+
+from mmaction_multigrid import MultiGridSchedule, convert_sub_batch_bn
+
+I3D = ('i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_'
+       'kinetics400-rgb.py')
+
+
+def time_model(model: torch.nn.Module, inputs: torch.Tensor,
+               iters: int) -> float:
+    """Median seconds of one forward + backward + SGD step."""
+    optim = torch.optim.SGD(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(iters + 1):
+        start = time.perf_counter()
+        loss = model(inputs, mode='tensor').float().mean()
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--stock-batch', type=int, default=2)
+    parser.add_argument('--size', type=int, default=112,
+                        help='default crop size S (224 in the stock config)')
+    parser.add_argument('--clip-len', type=int, default=32)
+    parser.add_argument('--iters', type=int, default=5)
+    args = parser.parse_args()
+    register_all_modules()
+    cfg = Config.fromfile(osp.join(osp.dirname(mmaction.__file__), '.mim',
+                                   'configs', 'recognition', I3D))
+    cfg.model.backbone.pretrained = None
+    cfg.model.backbone.pretrained2d = False
+    schedule = MultiGridSchedule(args.clip_len, 2, args.size, 100, [40, 80],
+                                 batch_size=args.stock_batch)
+    shape = max(schedule.batch_shapes(0), key=lambda s: s.batch_size)
+    h, w = shape.size
+    inputs = torch.randn(shape.batch_size, 1, 3, shape.clip_len, h, w)
+    torch.manual_seed(0)
+    plain = MODELS.build(cfg.model).train()
+    sub = convert_sub_batch_bn(copy.deepcopy(plain), args.stock_batch)
+    t_plain = time_model(plain, inputs, args.iters)
+    t_sub = time_model(sub, inputs, args.iters)
+    print(f'I3D R50, batch {shape.batch_size} x {shape.clip_len} frames x '
+          f'{h}x{w} (stock batch {args.stock_batch}, S={args.size}), '
+          f'{torch.get_num_threads()} threads')
+    print(f'plain BN     : {t_plain * 1000:8.1f} ms/iter')
+    print(f'sub-batch BN : {t_sub * 1000:8.1f} ms/iter '
+          f'(groups of {args.stock_batch})')
+    print(f'overhead     : {100 * (t_sub / t_plain - 1):+.1f}%')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,184 @@
+"""Robustness: corrupt videos, too little data, batch size 1, drop_last=False,
+worker processes, --amp and auto_scale_lr, all through the real Runner."""
+import contextlib
+import os
+import os.path as osp
+from collections import Counter
+
+import pytest
+import torch
+from conftest import toy_config
+from mmaction.registry import OPTIM_WRAPPERS
+from mmengine.optim import OptimWrapper
+from mmengine.runner import Runner
+
+import mmaction_multigrid  # noqa: F401  (installs the switch)
+from mmaction_multigrid import convert_config
+from mmaction_multigrid.schedule import MultiGridSchedule
+from mmaction_multigrid.synthetic import make_dataset
+from probes import TINY_I3D, read_samples, with_filenames
+
+I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
+# Stock E=2, milestone 1: three multigrid epochs at per-GPU batches
+# [16, 8, 8], [8, 4, 2] and [4, 2, 1] clips (batch_size=1).
+SCHEDULE = dict(clip_len=32, frame_interval=1, size=32, max_epochs=2,
+                milestones=[1])
+
+
+def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
+    cfg = toy_config(I3D, data, work_dir=str(work_dir), max_epochs=2,
+                     milestones=(1, ), batch_size=batch_size,
+                     multi_grid=multi_grid,
+                     options=dict(TINY_I3D, **{
+                         'train_cfg.val_interval': 100,
+                         'default_hooks.checkpoint.interval': 100,
+                         **(options or {})}))
+    cfg.custom_imports['imports'].append('probes')
+    cfg.custom_hooks.append(dict(type='SampleRecorder'))
+    with_filenames(cfg)
+    return cfg
+
+
+def scheduled(n_samples, batch_size=1, drop_last=True):
+    """[(epoch, iter, shape)] the schedule gives for ``n_samples``."""
+    schedule = MultiGridSchedule(batch_size=batch_size, **SCHEDULE)
+    rows = []
+    for epoch in range(schedule.max_epochs):
+        shapes = schedule.batch_shapes(epoch)
+        for i in range(schedule.num_batches(epoch, n_samples, drop_last)):
+            s = shapes[i % len(shapes)]
+            rows.append((epoch, i, [s.batch_size, 3, s.clip_len, *s.size]))
+    return rows
+
+
+def log_text(runner):
+    return '\n'.join(
+        open(osp.join(runner.log_dir, f)).read()
+        for f in os.listdir(runner.log_dir) if f.endswith('.log'))
+
+
+@pytest.fixture(scope='module')
+def corrupt_videos(tmp_path_factory):
+    """16 good videos, one truncated mp4 and one garbage file."""
+    return make_dataset(str(tmp_path_factory.mktemp('corrupt')),
+                        videos_per_class=4, num_frames=40, size=(48, 64),
+                        corrupt=2)
+
+
+def test_corrupt_videos_are_skipped_keeping_the_shape(corrupt_videos,
+                                                      tmp_path):
+    runner = Runner.from_cfg(small_config(corrupt_videos, tmp_path))
+    runner.train()
+    got = read_samples(tmp_path)
+    # 18 entries in the list: every batch has the scheduled size and shape.
+    assert [(r['epoch'], r['iter'], r['shape']) for r in got] == \
+        scheduled(18)
+    assert runner.epoch == runner.max_epochs
+    for record in got:
+        assert len(record['files']) == record['shape'][0]
+        assert not any('corrupt' in f for f in record['files'])
+    log = log_text(runner)
+    skipped = [line for line in log.splitlines() if 'corrupt_00' in line]
+    assert skipped and all('WARNING' in line for line in skipped)
+    assert any('corrupt_000.mp4' in line or 'corrupt_001.mp4' in line
+               for line in skipped)
+
+
+def test_too_little_data_fails_before_training(videos, tmp_path):
+    # Per-GPU batch 2: the first stage needs batches of 32 clips, the data
+    # set has 16.
+    runner = Runner.from_cfg(small_config(videos, tmp_path, batch_size=2))
+    with pytest.raises(ValueError) as info:
+        runner.train()
+    message = str(info.value)
+    assert 'train_dataloader.batch_size' in message
+    assert 'drop_last' in message and '16 samples' in message
+    assert runner.iter == 0
+    assert not osp.exists(osp.join(tmp_path, 'samples_rank0.jsonl'))
+
+
+def test_drop_last_false_with_persistent_workers(videos, tmp_path):
+    """drop_last=False: every sample once per epoch, the last batch
+    partial; two persistent worker processes load every shape."""
+    cfg = small_config(videos, tmp_path, options={
+        'train_dataloader.drop_last': False,
+        'train_dataloader.num_workers': 2,
+        'train_dataloader.persistent_workers': True})
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    got = read_samples(tmp_path)
+    want = scheduled(16, drop_last=False)
+    assert [r['epoch'] for r in got] == [w[0] for w in want]
+    assert [r['iter'] for r in got] == [w[1] for w in want]
+    for epoch in range(3):
+        records = [r for r in got if r['epoch'] == epoch]
+        files = Counter(f for r in records for f in r['files'])
+        assert len(files) == 16 and set(files.values()) == {1}, epoch
+        sizes = [r['shape'][0] for r in records]
+        planned = [w[2][0] for w in want if w[0] == epoch]
+        assert sizes[:-1] == planned[:-1]  # full batches, then the rest
+        assert sizes[-1] == 16 - sum(sizes[:-1]) <= planned[-1]
+        # Every batch, the partial one too, has its scheduled clip shape.
+        assert [r['shape'][1:] for r in records] == [
+            w[2][1:] for w in want if w[0] == epoch]
+    # Batch size 1 at the default shape: the last short-cycle step.
+    assert [1, 3, 32, 32, 32] in [r['shape'] for r in got]
+    assert runner.train_dataloader.persistent_workers
+
+
+@OPTIM_WRAPPERS.register_module(force=True)
+class CPUAutocastOptimWrapper(OptimWrapper):
+    """What ``AmpOptimWrapper`` does in the forward (autocast), on CPU in
+    bfloat16; MMEngine's own AmpOptimWrapper asserts a GPU."""
+
+    @contextlib.contextmanager
+    def optim_context(self, model):
+        with super().optim_context(model), torch.autocast(
+                'cpu', dtype=torch.float16):
+            yield
+
+
+def test_amp(videos, tmp_path):
+    # What tools/train.py --amp does to the config.
+    cfg = small_config(videos, tmp_path / 'amp')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+    converted = convert_config(cfg)
+    assert converted.optim_wrapper == cfg.optim_wrapper
+    assert converted.param_scheduler[0]['type'] == 'MultiGridLR'
+    runner = Runner.from_cfg(cfg)
+    # MMEngine 0.10.7's AmpOptimWrapper needs a GPU (NPU, MLU, MUSA); on
+    # this CPU machine it fails in MMEngine, after the multigrid conversion.
+    if not torch.cuda.is_available():
+        with pytest.raises(AssertionError, match='only available'):
+            runner.train()
+    # Mixed precision itself (autocast, here bfloat16 on CPU) trains the
+    # multigrid shapes with sub-batch BN.
+    cfg = small_config(videos, tmp_path / 'autocast')
+    cfg.optim_wrapper.type = 'CPUAutocastOptimWrapper'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    got = read_samples(tmp_path / 'autocast')
+    assert [(r['epoch'], r['iter'], r['shape']) for r in got] == \
+        scheduled(16)
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+def test_auto_scale_lr_composes_with_multigrid_lr(videos, tmp_path):
+    """MMEngine scales the base LR once by world_size * batch_size /
+    base_batch_size (the stock per-GPU batch); multigrid then multiplies
+    it by its relative factors."""
+    cfg = small_config(videos, tmp_path, options={
+        'auto_scale_lr': dict(enable=True, base_batch_size=4)})
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    got = read_samples(tmp_path)
+    schedule = MultiGridSchedule(**SCHEDULE)
+    lengths = [schedule.num_batches(e, 16) for e in range(3)]
+    assert len(got) == sum(lengths)
+    for r in got:
+        factor = schedule.lr_factor(r['epoch'] +
+                                    r['iter'] / lengths[r['epoch']])
+        assert r['lr'] == pytest.approx(0.001 * (1 * 1 / 4) * factor,
+                                        rel=1e-9)
+    assert 'Scaling the original LR by 0.25' in log_text(runner)
