@@ -19,18 +19,15 @@ from mmaction_multigrid.bn import SubBatchNorm3d
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 
 
-def _train(data, work_dir, **multi_grid):
-    cfg = toy_config(I3D, data, work_dir=str(work_dir), batch_size=2,
-                     max_epochs=3, milestones=(2, ), multi_grid=multi_grid)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    return runner
-
-
 @pytest.fixture(scope='module')
 def trained(videos32, tmp_path_factory):
+    """One multigrid run with sub-batch BN and precise BN on."""
     work = tmp_path_factory.mktemp('bn_train')
-    runner = _train(videos32, work)
+    cfg = toy_config(I3D, videos32, work_dir=str(work), batch_size=2,
+                     max_epochs=3, milestones=(2, ),
+                     multi_grid=dict(precise_bn=dict(num_iters=3)))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
     return runner, work
 
 
@@ -79,8 +76,8 @@ def test_stock_tools_test_reproduces_last_validation(trained, videos32,
     assert top1 == pytest.approx(last_val, abs=1e-4)
 
 
-def test_precise_bn_recomputes_before_validation(videos32, tmp_path):
-    runner = _train(videos32, tmp_path, precise_bn=dict(num_iters=3))
-    log = next(tmp_path.glob('*/*.log')).read_text()
+def test_precise_bn_recomputes_before_validation(trained):
+    runner, work = trained
+    log = next(work.glob('*/*.log')).read_text()
     assert log.count('Precise BN: BN statistics recomputed at the default '
                      'shape over 3 batches') == runner.max_epochs
