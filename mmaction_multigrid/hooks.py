@@ -374,7 +374,7 @@ class MultiGridHook(Hook):
             if len(ranks) == runner.world_size and ranks[runner.rank]:
                 mine = ranks[runner.rank]
             _set_rng_state(mine['rng'])
-            pass
+            _set_split_stats(runner.model, mine.get('sub_bn', {}))
         seed = state.get('sampler_seed')
         if seed is not None and hasattr(sampler.sampler, 'seed'):
             sampler.sampler.seed = seed

@@ -176,8 +176,8 @@ def test_same_as_one_process_with_global_batch(runs):
         if not value.is_floating_point() or 'running_var' in key:
             continue
         if 'running_mean' in key:  # precise BN: same clips, same means
-            for d, s in ((d1, s1), (d3, s3)):
-                torch.testing.assert_close(d[key], s[key], rtol=1e-4,
+            for got, want in ((d1, s1), (d3, s3)):
+                torch.testing.assert_close(got[key], want[key], rtol=1e-4,
                                            atol=1e-6, msg=key)
             continue
         torch.testing.assert_close(d1[key], s1[key], rtol=1e-5, atol=1e-7,

@@ -126,10 +126,22 @@ def test_drop_last_false_with_persistent_workers(videos, tmp_path):
     assert runner.train_dataloader.persistent_workers
 
 
+def test_persistent_workers_without_workers_is_refused(videos, tmp_path):
+    """num_workers=0 with persistent_workers=True: PyTorch's own error, as
+    for a stock config, before any iteration."""
+    cfg = small_config(videos, tmp_path, options={
+        'train_dataloader.persistent_workers': True})
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='persistent_workers'):
+        runner.train()
+    assert not osp.exists(osp.join(tmp_path, 'samples_rank0.jsonl'))
+
+
 @OPTIM_WRAPPERS.register_module(force=True)
 class CPUAutocastOptimWrapper(OptimWrapper):
-    """What ``AmpOptimWrapper`` does in the forward (autocast), on CPU in
-    bfloat16; MMEngine's own AmpOptimWrapper asserts a GPU."""
+    """What ``AmpOptimWrapper`` does in the forward (autocast to float16),
+    on CPU; MMEngine's own AmpOptimWrapper asserts a GPU. (bfloat16 fails
+    in MMAction2's head, which turns scores into NumPy arrays.)"""
 
     @contextlib.contextmanager
     def optim_context(self, model):
@@ -152,7 +164,7 @@ def test_amp(videos, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(AssertionError, match='only available'):
             runner.train()
-    # Mixed precision itself (autocast, here bfloat16 on CPU) trains the
+    # Mixed precision itself (autocast to float16, here on CPU) trains the
     # multigrid shapes with sub-batch BN.
     cfg = small_config(videos, tmp_path / 'autocast')
     cfg.optim_wrapper.type = 'CPUAutocastOptimWrapper'
