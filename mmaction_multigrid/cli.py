@@ -94,6 +94,7 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     stock_end, end = schedule.stock_max_epochs, schedule.max_epochs
     epochs = list(range(end + 1))
@@ -110,6 +111,7 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     ax_t.plot([0, stock_end], [schedule.clip_len] * 2, '--', color='C7',
               label='stock')
     ax_t.set_ylim(0, schedule.clip_len * 1.15)
+    ax_t.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_t.set_ylabel('frames per clip')
     ax_s.step(epochs, [s[-1].size[0] for s in shapes], where='post',
               color='C1', lw=2, label='multigrid (long cycle)')
@@ -191,7 +193,7 @@ def demo(args: argparse.Namespace) -> int:
                          'its learning rate).')
     start = time.time()
     info = make_dataset(osp.join(args.work_dir, 'data'),
-                        videos_per_class=32, val_per_class=8)
+                        videos_per_class=48, val_per_class=16)
     cfg = load_config(DEMO_CONFIG)
     cfg.work_dir = args.work_dir
     for split, loader in (('train', cfg.train_dataloader),

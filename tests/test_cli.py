@@ -71,21 +71,31 @@ def test_plan_empty_dict_option(tmp_path, capsys):
     assert 'epochs: 100 stock, 200 multigrid' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize('config, options, message', [
-    (I3D, [], 'the config has no `multi_grid`; add `multi_grid = dict()`'),
-    (osp.join(STOCK, 'tsn',
-              'tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-'
-              'rgb.py'), ADD, 'multigrid needs a 3D recogniser'),
-    (osp.join(STOCK, 'slowfast',
-              'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'), ADD,
-     'multi_grid needs a step LR schedule: param_scheduler has '
-     'CosineAnnealingLR'),
-    (I3D, ['--cfg-options', 'multi_grid.epoch_factor=0'],
-     'multi_grid.epoch_factor: must be a positive number'),
-    ('missing_config.py', [], 'missing_config.py'),
-],
-                         ids=['no-multi-grid', 'tsn', 'cosine', 'bad-option',
-                              'missing-file'])
+ERRORS = [
+    pytest.param(I3D, [], 'the config has no `multi_grid`; add `multi_grid '
+                 '= dict()`', id='no-multi-grid'),
+    pytest.param(
+        osp.join(STOCK, 'tsn', 'tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_'
+                 'kinetics400-rgb.py'), ADD,
+        'multigrid needs a 3D recogniser', id='tsn'),
+    pytest.param(
+        osp.join(STOCK, 'slowfast',
+                 'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'), ADD,
+        'multi_grid needs a step LR schedule: param_scheduler has '
+        'CosineAnnealingLR', id='cosine'),
+    pytest.param(
+        I3D, ADD + ['train_dataloader.dataset.pipeline.1.type='
+                    'UniformSampleFrames'], 'pipeline has no SampleFrames',
+        id='no-sample-frames'),
+    pytest.param(I3D, ['--cfg-options', 'multi_grid.epoch_factor=0'],
+                 'multi_grid.epoch_factor: must be a positive number',
+                 id='bad-option'),
+    pytest.param('missing_config.py', [], 'missing_config.py',
+                 id='missing-file'),
+]
+
+
+@pytest.mark.parametrize('config, options, message', ERRORS)
 def test_plan_errors(tmp_path, capsys, config, options, message):
     assert main(['plan', config, '--out', str(tmp_path), *options]) == 2
     err = capsys.readouterr().err

@@ -25,7 +25,7 @@ model = dict(
         num_classes=4,
         in_channels=128,
         spatial_type='avg',
-        dropout_ratio=0.3,
+        dropout_ratio=0.0,
         init_std=0.01,
         average_clips='prob'),
     data_preprocessor=dict(
@@ -43,7 +43,7 @@ ann_file_val = data_root + '/val_list.txt'
 file_client_args = dict(io_backend='disk')
 train_pipeline = [
     dict(type='DecordInit', **file_client_args),
-    dict(type='SampleFrames', clip_len=16, frame_interval=2, num_clips=1),
+    dict(type='SampleFrames', clip_len=16, frame_interval=1, num_clips=1),
     dict(type='DecordDecode'),
     dict(type='Resize', scale=(-1, 72)),
     dict(
@@ -62,7 +62,7 @@ val_pipeline = [
     dict(
         type='SampleFrames',
         clip_len=16,
-        frame_interval=2,
+        frame_interval=1,
         num_clips=1,
         test_mode=True),
     dict(type='DecordDecode'),
@@ -101,7 +101,7 @@ test_evaluator = val_evaluator
 
 # schedule settings
 train_cfg = dict(
-    type='EpochBasedTrainLoop', max_epochs=20, val_begin=1, val_interval=5)
+    type='EpochBasedTrainLoop', max_epochs=60, val_begin=1, val_interval=10)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
@@ -116,14 +116,14 @@ param_scheduler = [
     dict(
         type='MultiStepLR',
         begin=0,
-        end=20,
+        end=60,
         by_epoch=True,
-        milestones=[12, 17],
+        milestones=[36, 51],
         gamma=0.1)
 ]
 
 optim_wrapper = dict(
-    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0001),
+    optimizer=dict(type='SGD', lr=0.03, momentum=0.9, weight_decay=0.0001),
     clip_grad=dict(max_norm=40, norm_type=2))
 
 # runtime settings
@@ -134,7 +134,7 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=10, ignore_last=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=1),
+    checkpoint=dict(type='CheckpointHook', interval=30, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
 
