@@ -11,6 +11,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmaction.registry import MODELS
 from torch import Tensor
 
@@ -24,15 +25,48 @@ def _check_base_size(base_size: int) -> int:
     return base_size
 
 
+def _side_by_side(x: Tensor, groups: int) -> Tensor:
+    """(G*m, C, ...) -> (m, G*C, ...): each group's channels side by side."""
+    m = x.shape[0] // groups
+    return x.reshape(groups, m, *x.shape[1:]).transpose(0, 1).reshape(
+        m, groups * x.shape[1], *x.shape[2:])
+
+
+def _one_above_other(y: Tensor, groups: int) -> Tensor:
+    """Inverse of :func:`_side_by_side`."""
+    m, c = y.shape[0], y.shape[1] // groups
+    return y.reshape(m, groups, c, *y.shape[2:]).transpose(0, 1).reshape(
+        groups * m, c, *y.shape[2:])
+
+
+def _group_slots(bn: nn.modules.batchnorm._BatchNorm, groups: int,
+                 device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Per-group running statistics for ``groups`` groups, shape (G, C).
+
+    Existing slots are kept, extra ones dropped; new slots start from the
+    layer's current running statistics.
+    """
+    mean, var = bn._split_mean, bn._split_var
+    if mean is None:
+        mean = var = bn.running_mean.new_empty((0, bn.num_features))
+    mean, var = mean[:groups].to(device), var[:groups].to(device)
+    missing = groups - mean.shape[0]
+    if missing > 0:
+        mean = torch.cat([mean, bn.running_mean.expand(missing, -1)])
+        var = torch.cat([var, bn.running_var.expand(missing, -1)])
+    return mean.contiguous(), var.contiguous()
+
+
 def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
                        x: Tensor) -> Tensor:
     """Normalise contiguous groups of ``bn.base_size`` samples separately.
 
-    Groups are those of ``torch.split(x, bn.base_size)``: full groups are
-    handled in one reshaped pass, a smaller last group separately. Statistics
-    are computed in float32 and the output is cast back to ``x.dtype``. In
-    training mode the per-group running statistics and the layer's aggregated
-    running statistics are updated.
+    Groups are those of ``torch.split(x, bn.base_size)``. The full groups
+    are laid side by side as channels of one batch and go through the
+    native ``batch_norm`` kernel in one call (a smaller last group in a
+    second call), which also updates each group's running statistics. In
+    training the layer's running statistics are then set to their
+    aggregation.
 
     Args:
         bn (_BatchNorm): A :class:`SubBatchNorm3d` or
@@ -40,78 +74,39 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
         x (Tensor): Input of shape (N, C, ...), with N > ``bn.base_size``.
 
     Returns:
-        Tensor: The normalised input, same shape and dtype as ``x``.
+        Tensor: The normalised input, same shape as ``x``.
     """
-    n, c = x.shape[:2]
-    base = bn.base_size
-    xf = x.float().reshape(n, c, -1)
-    length = xf.shape[-1]
-    num_full = n // base * base
-    # Each chunk has shape (groups, samples per group, C, L).
-    chunks = [xf[:num_full].reshape(-1, base, c, length)]
-    if num_full < n:
-        chunks.append(xf[num_full:].unsqueeze(0))
-    var_mean = [torch.var_mean(ch, dim=(1, 3), correction=0) for ch in chunks]
-    var = torch.cat([v for v, _ in var_mean])  # (G, C), biased
-    mean = torch.cat([m for _, m in var_mean])
-
-    if bn.training and bn.track_running_stats and bn.running_mean is not None:
-        counts = torch.tensor([ch.shape[1] * length for ch in chunks
-                               for _ in range(ch.shape[0])],
-                              dtype=torch.float32, device=x.device)
-        unbiased = var * (counts / (counts - 1).clamp(min=1))[:, None]
-        _update_running_stats(bn, mean.detach(), unbiased.detach())
-
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.affine:
-        scale = scale * bn.weight.float()
-    outs = []
-    start = 0
-    for ch in chunks:
-        stop = start + ch.shape[0]
-        out = (ch - mean[start:stop, None, :, None]) * \
-            scale[start:stop, None, :, None]
-        if bn.affine:
-            out = out + bn.bias.float()[None, None, :, None]
-        outs.append(out.reshape(-1, c, length))
-        start = stop
-    return torch.cat(outs).reshape(x.shape).to(x.dtype)
-
-
-@torch.no_grad()
-def _update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: Tensor,
-                          var: Tensor) -> None:
-    """EMA-update the per-group slots and aggregate them into the layer.
-
-    Args:
-        bn (_BatchNorm): The sub-batch BN layer.
-        mean (Tensor): Per-group batch means, shape (G, C), float32.
-        var (Tensor): Per-group unbiased batch variances, shape (G, C).
-    """
-    bn.num_batches_tracked.add_(1)
-    if bn.momentum is None:  # cumulative average, as nn.BatchNorm does
-        factor = 1.0 / float(bn.num_batches_tracked)
-    else:
-        factor = bn.momentum
-    groups = mean.shape[0]
-    slot_mean, slot_var = bn._split_mean, bn._split_var
-    if slot_mean is None:
-        slot_mean = slot_var = mean.new_empty((0, mean.shape[1]))
-    slot_mean = slot_mean.to(mean.device)[:groups]
-    slot_var = slot_var.to(mean.device)[:groups]
-    missing = groups - slot_mean.shape[0]
-    if missing > 0:  # new slots start from the layer's current statistics
-        slot_mean = torch.cat(
-            [slot_mean,
-             bn.running_mean.float().expand(missing, -1)])
-        slot_var = torch.cat(
-            [slot_var, bn.running_var.float().expand(missing, -1)])
-    slot_mean = slot_mean * (1 - factor) + mean * factor
-    slot_var = slot_var * (1 - factor) + var * factor
-    bn._split_mean, bn._split_var = slot_mean, slot_var
-    bn.running_mean.copy_(slot_mean.mean(0))
-    bn.running_var.copy_(
-        slot_var.mean(0) + slot_mean.var(0, unbiased=False))
+    n, base = x.shape[0], bn.base_size
+    chunks = [(n // base, base)] + ([(1, n % base)] if n % base else [])
+    track = bn.training and bn.track_running_stats
+    slot_mean = slot_var = None
+    factor = 0.0
+    if track:
+        bn.num_batches_tracked.add_(1)
+        factor = (1.0 / float(bn.num_batches_tracked)
+                  if bn.momentum is None else bn.momentum)
+        slot_mean, slot_var = _group_slots(
+            bn, sum(groups for groups, _ in chunks), x.device)
+    outs, start, group = [], 0, 0
+    for groups, size in chunks:
+        part = _side_by_side(x[start:start + groups * size], groups)
+        stats = ((slot_mean[group:group + groups].view(-1),
+                  slot_var[group:group + groups].view(-1))
+                 if track else (None, None))
+        out = F.batch_norm(
+            part, *stats,
+            bn.weight.repeat(groups) if bn.affine else None,
+            bn.bias.repeat(groups) if bn.affine else None, True, factor,
+            bn.eps)
+        outs.append(_one_above_other(out, groups))
+        start, group = start + groups * size, group + groups
+    if track:
+        with torch.no_grad():
+            bn._split_mean, bn._split_var = slot_mean, slot_var
+            bn.running_mean.copy_(slot_mean.mean(0))
+            bn.running_var.copy_(
+                slot_var.mean(0) + slot_mean.var(0, unbiased=False))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
 class _SubBatchMixin:
