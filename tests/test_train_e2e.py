@@ -224,3 +224,20 @@ def test_seed_tutorial_config_on_rawframes(rawframes, tmp_path):
                             [3, 16, 23, 23], [3, 16, 32, 32],
                             [3, 32, 16, 16], [3, 32, 23, 23],
                             [3, 32, 32, 32]) for g in got)
+
+
+def test_explicit_runner_type_and_pure_conversion(videos, tmp_path):
+    """Without relying on the switch: runner_type or convert_config."""
+    from mmengine.registry import RUNNERS
+
+    from mmaction_multigrid import MultiGridRunner, convert_config
+    cfg = toy_config(I3D, videos, work_dir=str(tmp_path), multi_grid={})
+    cfg.runner_type = 'MultiGridRunner'
+    runner = RUNNERS.build(cfg)
+    assert isinstance(runner, MultiGridRunner)
+    assert runner.cfg.train_dataloader.dataset.type == 'MultiGridDataset'
+    converted = convert_config(cfg)
+    assert converted.param_scheduler == [
+        dict(type='MultiGridLR', schedule=converted.train_dataloader.
+             batch_sampler.schedule)]
+    assert cfg.train_dataloader.dataset.type == 'VideoDataset'
