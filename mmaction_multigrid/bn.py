@@ -93,11 +93,18 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
         stats = ((slot_mean[group:group + groups].view(-1),
                   slot_var[group:group + groups].view(-1))
                  if track else (None, None))
-        out = F.batch_norm(
-            part, *stats,
-            bn.weight.repeat(groups) if bn.affine else None,
-            bn.bias.repeat(groups) if bn.affine else None, True, factor,
-            bn.eps)
+        weight = bn.weight.repeat(groups) if bn.affine else None
+        bias = bn.bias.repeat(groups) if bn.affine else None
+        if part.numel() == part.shape[1]:
+            # One value per channel and group (a 1-clip group of 1x1x1
+            # features): it normalises to 0, so the output is the bias; the
+            # running statistics are left as they are. nn.BatchNorm raises
+            # here; small shapes of a stock batch of 1 reach it.
+            out = torch.zeros_like(part) if bias is None else (
+                part * 0 + bias.view(1, -1, *[1] * (part.dim() - 2)))
+        else:
+            out = F.batch_norm(part, *stats, weight, bias, True, factor,
+                               bn.eps)
         outs.append(_one_above_other(out, groups))
         start, group = start + groups * size, group + groups
     if track:

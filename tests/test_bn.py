@@ -284,3 +284,18 @@ def test_registry_and_build_norm_layer():
     assert name == 'bn1'
     assert isinstance(layer, SubBatchNorm3d)
     assert not layer.weight.requires_grad
+
+
+def test_single_value_groups_give_the_bias_and_keep_running_stats():
+    """1-clip groups of 1x1x1 features (stock batch 1 at small shapes):
+    nn.BatchNorm3d would raise; the layer outputs the bias instead."""
+    bn = SubBatchNorm3d(3, base_size=1)
+    with torch.no_grad():
+        bn.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.randn(4, 3, 1, 1, 1, requires_grad=True)
+    out = bn(x)
+    assert torch.equal(out, bn.bias.view(1, 3, 1, 1, 1).expand(4, 3, 1, 1, 1))
+    assert torch.equal(bn.running_mean, torch.zeros(3))
+    assert torch.equal(bn.running_var, torch.ones(3))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
