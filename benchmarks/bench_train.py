@@ -88,6 +88,8 @@ def build_cfg(info: dict, args, multigrid: bool, work_dir: str):
     if not multigrid:  # the two-line change, undone
         cfg.pop('multi_grid')
         cfg.pop('custom_imports')
+    elif args.precise_bn:
+        cfg.multi_grid.precise_bn = dict(num_iters=args.precise_bn)
     cfg.work_dir = work_dir
     for split, loader in (('train', cfg.train_dataloader),
                           ('val', cfg.val_dataloader),
@@ -256,6 +258,8 @@ def main() -> None:
                         'at least 1, as the demo does)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--only', choices=['stock', 'multigrid'])
+    parser.add_argument('--precise-bn', type=int, default=0,
+                        help='multigrid run: multi_grid.precise_bn num_iters')
     parser.add_argument('--work-dir', default='work_dirs/bench_train')
     parser.add_argument('--plot-only', action='store_true')
     args = parser.parse_args()
