@@ -5,6 +5,7 @@ used by ``python -m mmaction_multigrid plan`` without building anything. The
 numbers follow Wu et al., "A Multigrid Method for Efficiently Training Video
 Models" (CVPR 2020) as defined in ``shared/multigrid-reference.md``.
 """
+import bisect
 import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -187,6 +188,8 @@ class MultiGridSchedule:
                 Stage(i, self.default_shape, end) for i, end in enumerate(
                     self.milestones + [self.max_epochs])
             ]
+        # Read every iteration by the LR scheduler: computed once.
+        self._lr_points = self._compute_lr_points()
 
     # ----------------------------------------------------------- shapes --
     def _scaled_size(self, factor: float) -> Tuple[float, float]:
@@ -319,6 +322,10 @@ class MultiGridSchedule:
         Returns:
             tuple[list[int], list[float]]: change points and relative LRs.
         """
+        return list(self._lr_points[0]), list(self._lr_points[1])
+
+    def _compute_lr_points(self) -> Tuple[List[int], List[float]]:
+        """:meth:`lr_points`, computed once in ``__init__``."""
         if not self.long_cycle:
             points = [0] + self.milestones
             return points, [self.gamma**i for i in range(len(points))]
@@ -334,9 +341,8 @@ class MultiGridSchedule:
 
     def _step_factor(self, epoch: float) -> float:
         """Relative LR of the step schedule at ``epoch``, no warm-up."""
-        points, rel = self.lr_points()
-        index = max(i for i, p in enumerate(points) if p <= epoch)
-        return rel[index]
+        points, rel = self._lr_points
+        return rel[bisect.bisect_right(points, epoch) - 1]
 
     def lr_factor(self, epoch: float) -> float:
         """LR at fractional ``epoch`` relative to the stock base LR.
