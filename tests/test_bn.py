@@ -74,6 +74,71 @@ def test_gradients_match_per_group_bn():
         bn.weight.grad, sum(r.weight.grad for r in ref), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize('n, base', [(7, 3), (8, 2), (5, 1)])
+def test_gradcheck_float64(n, base):
+    """The hand-written backward against finite differences (float64),
+    including a smaller last group and single-clip groups."""
+    bn = SubBatchNorm3d(C, base_size=base).double()
+    _affine(bn)
+    x = _inputs(n).double().requires_grad_()
+
+    def run(x, weight, bias):
+        return torch.func.functional_call(bn, {
+            'weight': weight,
+            'bias': bias
+        }, (x, ))
+
+    assert torch.autograd.gradcheck(
+        run, (x, bn.weight.detach().clone().requires_grad_(),
+              bn.bias.detach().clone().requires_grad_()))
+
+
+def test_channels_last_and_non_contiguous_inputs():
+    bn = SubBatchNorm3d(C, base_size=4)
+    _affine(bn)
+    x = _inputs(12)
+    target = torch.randn_like(x)
+    results = []
+    for inp in (x, x.to(memory_format=torch.channels_last_3d),
+                x.transpose(3, 4).contiguous().transpose(3, 4)):
+        inp = inp.detach().requires_grad_()
+        out = bn(inp)
+        (out * target).sum().backward()
+        results.append((out, inp.grad, bn.weight.grad.clone()))
+        bn.weight.grad = bn.bias.grad = None
+    for out, grad, weight_grad in results[1:]:
+        torch.testing.assert_close(out, results[0][0])
+        torch.testing.assert_close(grad, results[0][1])
+        torch.testing.assert_close(weight_grad, results[0][2])
+
+
+def test_without_affine():
+    bn = SubBatchNorm3d(C, affine=False, base_size=8)
+    x = _inputs(20).requires_grad_()
+    out = bn(x)
+    expected = torch.cat([
+        nn.BatchNorm3d(C, affine=False)(part) for part in torch.split(x, 8)])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_bfloat16_model():
+    """A model cast to bfloat16 (parameters and statistics in bfloat16)."""
+    bn = SubBatchNorm3d(C, base_size=8)
+    _affine(bn)
+    bn = bn.to(torch.bfloat16)
+    x = _inputs(16).to(torch.bfloat16).requires_grad_()
+    out = bn(x)
+    expected, _ = _per_group(x.detach().float(), 8, weight=bn.weight.float(),
+                             bias=bn.bias.float())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
+    out.float().sum().backward()
+    assert bn.weight.grad.dtype == torch.bfloat16
+    assert bn.running_mean.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize('momentum', [0.1, None])
 def test_running_stats_are_aggregated_split_stats(momentum):
     bn = SubBatchNorm3d(C, momentum=momentum, base_size=8)
