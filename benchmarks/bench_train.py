@@ -21,6 +21,7 @@ time/loss and per-validation accuracy go to
     python benchmarks/bench_train.py --plot-only
 """
 import argparse
+import ast
 import copy
 import json
 import os
@@ -88,8 +89,10 @@ def build_cfg(info: dict, args, multigrid: bool, work_dir: str):
     if not multigrid:  # the two-line change, undone
         cfg.pop('multi_grid')
         cfg.pop('custom_imports')
-    elif args.precise_bn:
-        cfg.multi_grid.precise_bn = dict(num_iters=args.precise_bn)
+    else:
+        if args.precise_bn:
+            cfg.multi_grid.precise_bn = dict(num_iters=args.precise_bn)
+        cfg.multi_grid.update(args.multi_grid)
     cfg.work_dir = work_dir
     for split, loader in (('train', cfg.train_dataloader),
                           ('val', cfg.val_dataloader),
@@ -260,9 +263,20 @@ def main() -> None:
     parser.add_argument('--only', choices=['stock', 'multigrid'])
     parser.add_argument('--precise-bn', type=int, default=0,
                         help='multigrid run: multi_grid.precise_bn num_iters')
+    parser.add_argument('--multi-grid', nargs='+', default=[],
+                        metavar='KEY=VALUE',
+                        help='multigrid run: extra multi_grid entries '
+                        '(Python literals), e.g. bn_base_size=None')
+    parser.add_argument('--tag', default='',
+                        help='suffix of the JSON file names, to keep '
+                        'variants apart (no plot is drawn with a tag)')
     parser.add_argument('--work-dir', default='work_dirs/bench_train')
     parser.add_argument('--plot-only', action='store_true')
     args = parser.parse_args()
+    args.multi_grid = {
+        key: ast.literal_eval(value)
+        for key, value in (item.split('=', 1) for item in args.multi_grid)
+    }
     os.makedirs(RESULTS, exist_ok=True)
     png = osp.join(RESULTS, 'train_curves.png')
     if args.plot_only:
@@ -296,14 +310,16 @@ def main() -> None:
         if len(runs) == 2:
             text = report(fmt, runs, schedule)
             print(text, flush=True)
-        path = osp.join(RESULTS, f'train_{fmt}.json')
+        path = osp.join(RESULTS, f'train_{fmt}{args.tag}.json')
         with open(path, 'w') as f:
             json.dump(dict(fmt=fmt, epochs=args.epochs, workers=args.workers,
                            threads=threads, seed=args.seed,
+                           multi_grid=args.multi_grid,
                            ceiling=1 / schedule.compute_ratio(),
                            load=os.getloadavg(), runs=runs), f)
         written.append(path)
-    if all(len(json.load(open(p))['runs']) == 2 for p in written):
+    if not args.tag and all(
+            len(json.load(open(p))['runs']) == 2 for p in written):
         plot(written, png)
 
 
