@@ -8,6 +8,7 @@ from .bn import SubBatchNorm3d, convert_sub_batch_bn
 from .convert import convert_config, validate_options
 from .datasets import MultiGridDataset, ShapedIndex
 from .hooks import MultiGridHook
+from .loops import MultiGridTrainLoop
 from .runner import MultiGridRunner, install_switch
 from .samplers import ShortCycleBatchSampler
 from .schedule import MultiGridSchedule
@@ -18,7 +19,7 @@ install_switch()
 
 __all__ = [
     'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
-    'MultiGridSchedule', 'ShapedIndex', 'ShortCycleBatchSampler',
+    'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex', 'ShortCycleBatchSampler',
     'SubBatchNorm3d', 'convert_config', 'convert_sub_batch_bn',
     'install_switch', 'validate_options', '__version__'
 ]

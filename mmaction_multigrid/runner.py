@@ -7,10 +7,11 @@ config with ``multi_grid`` is built by :class:`MultiGridRunner`, which
 converts it first; any other config goes through the stock code unchanged.
 """
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import EpochBasedTrainLoop, Runner
 
 from .bn import convert_sub_batch_bn
 from .convert import convert_config
+from .loops import MultiGridTrainLoop
 
 _STOCK_FROM_CFG = Runner.from_cfg.__func__
 
@@ -23,7 +24,9 @@ class MultiGridRunner(Runner):
     :func:`mmaction_multigrid.convert_config`), so the config dumped into the
     work dir is the converted one. ``build_model`` makes BatchNorm3d layers
     sub-batch BN when ``multi_grid.bn_base_size`` is set; their checkpoint
-    keys stay those of ``nn.BatchNorm3d``.
+    keys stay those of ``nn.BatchNorm3d``. ``build_train_loop`` runs an
+    ``EpochBasedTrainLoop`` config as :class:`MultiGridTrainLoop` (the config
+    itself is left as it is).
     """
 
     @classmethod
@@ -36,6 +39,15 @@ class MultiGridRunner(Runner):
         if base_size:
             model = convert_sub_batch_bn(model, base_size)
         return model
+
+    def build_train_loop(self, loop):
+        if isinstance(loop, dict) and loop.get(
+                'type', 'EpochBasedTrainLoop') in (
+                    'EpochBasedTrainLoop', EpochBasedTrainLoop) and loop.get(
+                        'by_epoch', True):
+            loop = {k: v for k, v in loop.items() if k != 'by_epoch'}
+            loop['type'] = MultiGridTrainLoop
+        return super().build_train_loop(loop)
 
 
 def _from_cfg(cls, cfg) -> Runner:

@@ -1,6 +1,6 @@
 """ShortCycleBatchSampler: per-GPU batches whose size and shape follow the
 multigrid schedule, iteration by iteration."""
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 from mmaction.registry import DATA_SAMPLERS
 from torch.utils.data import BatchSampler, Sampler
@@ -24,6 +24,11 @@ class ShortCycleBatchSampler(BatchSampler):
     batches are completed from the start of the epoch's order, so every batch
     is full and every rank yields the same number of batches.
 
+    After :meth:`continue_until`, one iteration runs on through the following
+    epochs, each with the order its ``sampler`` gives for that epoch, so a
+    data loader can prefetch across epoch boundaries
+    (:class:`~mmaction_multigrid.loops.MultiGridTrainLoop`).
+
     Args:
         sampler (Sampler): The per-rank sampler (e.g. ``DefaultSampler``).
         batch_size (int): The stock per-GPU batch size.
@@ -44,10 +49,16 @@ class ShortCycleBatchSampler(BatchSampler):
         self.drop_last = drop_last
         self.schedule = MultiGridSchedule(batch_size=batch_size, **schedule)
         self.epoch = 0
+        self.end_epoch: Optional[int] = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the long-cycle shape of ``epoch`` (0-based)."""
         self.epoch = epoch
+
+    def continue_until(self, end_epoch: Optional[int]) -> None:
+        """Let one iteration yield the batches of epochs ``self.epoch`` to
+        ``end_epoch - 1`` back to back (None: one epoch, the default)."""
+        self.end_epoch = end_epoch
 
     def num_batches(self, epoch: int) -> int:
         """Number of batches of ``epoch``."""
@@ -58,10 +69,20 @@ class ShortCycleBatchSampler(BatchSampler):
         return self.num_batches(self.epoch)
 
     def __iter__(self) -> Iterator[List[ShapedIndex]]:
-        shapes = self.schedule.batch_shapes(self.epoch)
+        if self.end_epoch is None:
+            yield from self._epoch_batches(self.epoch)
+            return
+        for epoch in range(self.epoch, self.end_epoch):
+            if hasattr(self.sampler, 'set_epoch'):
+                self.sampler.set_epoch(epoch)
+            yield from self._epoch_batches(epoch)
+
+    def _epoch_batches(self, epoch: int) -> Iterator[List[ShapedIndex]]:
+        """The batches of ``epoch``, in the sampler's current order."""
+        shapes = self.schedule.batch_shapes(epoch)
         order = list(self.sampler)
         start = 0
-        for k in range(len(self)):
+        for k in range(self.num_batches(epoch)):
             shape = shapes[k % len(shapes)]
             stop = start + shape.batch_size
             if self.drop_last:

@@ -1,5 +1,5 @@
-"""Test-only hooks and config helpers for the distributed, resume and
-robustness tests.
+"""Test-only hooks and config helpers for the distributed, resume,
+robustness and loop tests.
 
 - ``SampleRecorder`` records, for every training forward of the backbone,
   the epoch, iteration, input shape, LR and the files of the samples in the
@@ -8,8 +8,10 @@ robustness tests.
   run leaves its records and a resumed run adds its own).
 - ``KillAt`` sends SIGKILL to its own process before the iteration named
   by the environment variable ``MG_KILL_AT="epoch:iter"`` (0-based).
+- ``LoaderIterators`` records the epoch at which the train batch sampler's
+  iteration starts (once per epoch in the stock loop).
 
-Both are registered on import; add this module to ``custom_imports``.
+They are registered on import; add this module to ``custom_imports``.
 """
 import json
 import os
@@ -92,3 +94,23 @@ class KillAt(Hook):
         if target and tuple(map(int, target.split(':'))) == (runner.epoch,
                                                              batch_idx):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@HOOKS.register_module(force=True)
+class LoaderIterators(Hook):
+    """Record the epoch of every start of the train batch sampler's
+    iteration (one per epoch in the stock loop)."""
+
+    def before_train(self, runner) -> None:
+        batch_sampler = runner.train_dataloader.batch_sampler
+        self.starts = []
+        original = type(batch_sampler).__iter__
+
+        def counting_iter(sampler):
+            # A generator: counted when the loader first draws from it.
+            self.starts.append(runner.epoch)
+            yield from original(sampler)
+
+        # A subclass per run, so other runs keep the stock class.
+        batch_sampler.__class__ = type('Counting', (type(batch_sampler), ),
+                                       {'__iter__': counting_iter})

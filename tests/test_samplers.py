@@ -134,3 +134,25 @@ def test_two_ranks(monkeypatch, n, epoch):
         assert len(flat0 & flat1) <= 1
     # Same batch sizes on both ranks, iteration by iteration.
     assert [len(b) for b in batches0] == [len(b) for b in batches1]
+
+
+@pytest.mark.parametrize('drop_last', [True, False])
+def test_continue_until_runs_the_epochs_back_to_back(drop_last):
+    """One iteration after continue_until equals the epochs iterated one by
+    one, each with set_epoch on both samplers (as the stock loop does)."""
+    batch_sampler = _batch_sampler(37, drop_last=drop_last)
+    expected = []
+    for epoch in range(30, 50):
+        batch_sampler.set_epoch(epoch)
+        batch_sampler.sampler.set_epoch(epoch)
+        expected.append(list(batch_sampler))
+    continuous = _batch_sampler(37, drop_last=drop_last)
+    continuous.set_epoch(30)
+    continuous.continue_until(50)
+    got = list(continuous)
+    assert got == [batch for epoch in expected for batch in epoch]
+    assert len({tuple(b[0][1:]) for b in got}) > 3  # several stages crossed
+    continuous.continue_until(None)
+    continuous.set_epoch(33)
+    continuous.sampler.set_epoch(33)
+    assert list(continuous) == expected[3]
