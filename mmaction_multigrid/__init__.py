@@ -5,6 +5,7 @@ and installs the switch that trains configs with ``multi_grid`` the
 multigrid way (see :mod:`mmaction_multigrid.runner`).
 """
 from .bn import SubBatchNorm3d, convert_sub_batch_bn
+from .collate import multigrid_collate
 from .convert import convert_config, validate_options
 from .datasets import MultiGridDataset, ShapedIndex
 from .hooks import MultiGridHook
@@ -21,5 +22,5 @@ __all__ = [
     'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
     'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex', 'ShortCycleBatchSampler',
     'SubBatchNorm3d', 'convert_config', 'convert_sub_batch_bn',
-    'install_switch', 'validate_options', '__version__'
+    'install_switch', 'multigrid_collate', 'validate_options', '__version__'
 ]

@@ -274,7 +274,10 @@ def convert_config(cfg):
     The train dataset is wrapped in ``MultiGridDataset``, batches come from
     ``ShortCycleBatchSampler``, ``MultiGridLR`` replaces the step schedule,
     ``train_cfg.max_epochs`` becomes the multigrid epoch count and
-    ``MultiGridHook`` is added. A converted config is returned unchanged.
+    ``MultiGridHook`` is added. MMEngine's default ``pseudo_collate`` becomes
+    ``multigrid_collate`` (same batches, fewer shared-memory blocks per
+    batch); another collate function is kept. A converted config is returned
+    unchanged.
 
     Args:
         cfg (dict | Config): A config with a ``multi_grid`` dict.
@@ -302,6 +305,9 @@ def convert_config(cfg):
                              dataset=loader['dataset'])
     loader['batch_sampler'] = dict(type='ShortCycleBatchSampler',
                                    drop_last=drop_last, schedule=args)
+    if loader.get('collate_fn', dict(type='pseudo_collate')) == dict(
+            type='pseudo_collate'):
+        loader['collate_fn'] = dict(type='multigrid_collate')
     cfg['param_scheduler'] = [dict(type='MultiGridLR', schedule=args)]
     cfg['train_cfg']['max_epochs'] = schedule.max_epochs
     hooks = list(cfg.get('custom_hooks') or [])

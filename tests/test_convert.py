@@ -232,3 +232,18 @@ def test_tutorial_steps_absorbed():
 def test_tutorial_steps_disagree(keys, key):
     with pytest.raises(ValueError, match=key):
         convert_config(_tutorial_cfg(**keys))
+
+
+def test_collate_fn_default_replaced_custom_kept():
+    cfg = _load(I3D)
+    cfg.multi_grid = dict(long_cycle=True, short_cycle=True)
+    assert 'collate_fn' not in cfg.train_dataloader
+    out = convert_config(cfg)
+    assert out.train_dataloader.collate_fn == dict(type='multigrid_collate')
+    cfg.train_dataloader.collate_fn = dict(type='pseudo_collate')
+    out = convert_config(cfg)
+    assert out.train_dataloader.collate_fn == dict(type='multigrid_collate')
+    cfg.train_dataloader.collate_fn = dict(type='default_collate')
+    out = convert_config(cfg)
+    assert out.train_dataloader.collate_fn == dict(type='default_collate')
+    assert 'collate_fn' not in out.val_dataloader
