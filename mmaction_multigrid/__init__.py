@@ -20,7 +20,8 @@ install_switch()
 
 __all__ = [
     'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
-    'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex', 'ShortCycleBatchSampler',
+    'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex',
+    'ShortCycleBatchSampler',
     'SubBatchNorm3d', 'convert_config', 'convert_sub_batch_bn',
     'install_switch', 'multigrid_collate', 'validate_options', '__version__'
 ]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 
 def _same_shape_tensors(values: Sequence) -> bool:
+    """Whether ``values`` are tensors of one shape, dtype and device."""
     return all(isinstance(v, Tensor) for v in values) and len(
         {(v.shape, v.dtype, v.device) for v in values}) == 1
 
@@ -56,10 +57,12 @@ def multigrid_collate(data_batch: Sequence[dict]) -> dict:
         dict: The collated batch.
     """
     batch = pseudo_collate(data_batch)
-    inputs = batch.get('inputs') if isinstance(batch, dict) else None
+    if not isinstance(batch, dict):
+        return batch
+    inputs = batch.get('inputs')
     if inputs and _same_shape_tensors(inputs):
         batch['inputs'] = _stacked_views(inputs)
-    samples = batch.get('data_samples') if isinstance(batch, dict) else None
+    samples = batch.get('data_samples')
     if samples and all(isinstance(s, BaseDataElement) for s in samples):
         _share_fields(samples)
     return batch
