@@ -240,10 +240,19 @@ def plot(paths, out: str) -> None:
             ax.set_xlabel('training wall-clock (s, validation excluded)')
             ax.grid(alpha=0.3)
             ax.legend()
-    fig.suptitle('Stock vs multigrid, demo I3D-like ResNet3d-18, 2-core CPU')
+    fig.suptitle('Stock vs multigrid, demo I3D-like ResNet3d-18, '
+                 + runs[0].get('hardware', '2-core CPU'))
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     print(f'wrote {out}')
+
+
+def hardware() -> str:
+    """The machine the runs trained on, in words."""
+    cores = f'{os.cpu_count()}-core CPU'
+    if torch.cuda.is_available():
+        return f'{torch.cuda.get_device_name()}, {cores}'
+    return cores
 
 
 def main() -> None:
@@ -287,8 +296,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
     threads = args.threads or max(1, (os.cpu_count() or 1) - args.workers)
     torch.set_num_threads(threads)
-    print(f'torch threads {threads}, num_workers {args.workers}, seed '
-          f'{args.seed}, load average {os.getloadavg()}')
+    print(f'{hardware()}: torch threads {threads}, num_workers '
+          f'{args.workers}, seed {args.seed}, load average {os.getloadavg()}')
     written = []
     for fmt in args.data:
         t0 = time.perf_counter()
@@ -312,7 +321,8 @@ def main() -> None:
             print(text, flush=True)
         path = osp.join(RESULTS, f'train_{fmt}{args.tag}.json')
         with open(path, 'w') as f:
-            json.dump(dict(fmt=fmt, epochs=args.epochs, workers=args.workers,
+            json.dump(dict(fmt=fmt, hardware=hardware(),
+                           epochs=args.epochs, workers=args.workers,
                            threads=threads, seed=args.seed,
                            multi_grid=args.multi_grid,
                            ceiling=1 / schedule.compute_ratio(),

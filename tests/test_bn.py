@@ -364,3 +364,57 @@ def test_single_value_groups_give_the_bias_and_keep_running_stats():
     assert torch.equal(bn.running_var, torch.ones(3))
     out.sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason='needs a GPU')
+
+
+@CUDA
+@pytest.mark.parametrize('n, base', [(20, 8), (16, 4), (5, 1)])
+def test_cuda_matches_per_group_bn(n, base):
+    """On a GPU (native CUDA kernels per group): outputs, input and weight
+    gradients and running statistics equal per-group nn.BatchNorm3d."""
+    bn = SubBatchNorm3d(C, base_size=base)
+    _affine(bn)
+    bn.cuda()
+    refs = [nn.BatchNorm3d(C).cuda() for _ in range(-(-n // base))]
+    for ref in refs:
+        ref.load_state_dict(bn.state_dict())
+    for step in range(3):
+        x = _inputs(n, seed=step).cuda().requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        target = torch.randn_like(x)
+        out = bn(x)
+        expected = torch.cat(
+            [r(p) for r, p in zip(refs, torch.split(x_ref, base))])
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        (out * target).sum().backward()
+        (expected * target).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        bn.weight.grad, sum(r.weight.grad for r in refs), atol=1e-4,
+        rtol=1e-5)
+    mean, var = _aggregate(refs)
+    torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-5)
+
+
+@CUDA
+def test_cuda_float16_autocast():
+    """What --amp runs on a GPU: float16 convolutions feeding the layer."""
+    torch.manual_seed(0)
+    conv = nn.Conv3d(C, C, 1).cuda()
+    bn = SubBatchNorm3d(C, base_size=4).cuda()
+    plain = nn.BatchNorm3d(C).cuda()
+    x = _inputs(16).cuda()
+    with torch.autocast('cuda', dtype=torch.float16):
+        h = conv(x)
+        out, ref = bn(h), plain(h)
+    assert out.dtype == ref.dtype
+    expected, _ = _per_group(h.float().cpu(), 4)
+    torch.testing.assert_close(out.float().cpu(), expected, atol=1e-2,
+                               rtol=1e-2)
+    out.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
+    assert bn.running_mean.dtype == torch.float32

@@ -164,6 +164,12 @@ def test_amp(videos, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(AssertionError, match='only available'):
             runner.train()
+    else:  # on a GPU: float16 AMP with dynamic loss scaling
+        runner.train()
+        got = read_samples(tmp_path / 'amp')
+        assert [(r['epoch'], r['iter'], r['shape']) for r in got] == \
+            scheduled(16)
+        assert all(torch.isfinite(p).all() for p in runner.model.parameters())
     # Mixed precision itself (autocast to float16, here on CPU) trains the
     # multigrid shapes with sub-batch BN.
     cfg = small_config(videos, tmp_path / 'autocast')
