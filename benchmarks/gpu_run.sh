@@ -2,7 +2,9 @@
 # The device checks and benchmarks for a lent GPU machine, in one call
 # (notes/results.md, "GPU"). The machine has Python, PyTorch and CUDA but no
 # package index: the MMEngine/MMAction2 stack travels as wheels in .whl/
-# (downloaded beforehand with `pip download`, see notes/results.md).
+# (downloaded beforehand with `pip download`, see notes/results.md); the
+# machine's own NumPy 2 stays (its SciPy needs it), so stock pipelines with
+# ColorJitter fail there (environment trap, see README "Install").
 # Logs and result JSONs go to $OUT (default /tmp/gpu_out).
 #
 #     bash benchmarks/gpu_run.sh [SECONDS]
@@ -16,17 +18,10 @@ log=$out/all.log
 export PYTHONUNBUFFERED=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile \
-        --no-cache-dir --target /tmp/site $(ls .whl/*.whl | grep -v numpy) \
-        || exit 1
+        --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
     python3 -m pip install -q --no-index --no-deps --no-build-isolation \
         --no-compile --target /tmp/site . || echo 'package not installed'
     export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
-    # NumPy 1.x as tested (requirements.txt), unless the machine's OpenCV
-    # needs NumPy 2.
-    python3 -m pip install -q --no-index --no-deps --no-compile \
-        --target /tmp/np1 .whl/numpy-*.whl &&
-        PYTHONPATH=/tmp/np1:$PYTHONPATH python3 -c 'import cv2, torch' &&
-        export PYTHONPATH=/tmp/np1:$PYTHONPATH
 fi
 step() {  # step NAME SECONDS COMMAND...: run, log, keep going
     local name=$1 limit=$2

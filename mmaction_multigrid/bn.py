@@ -2,20 +2,22 @@
 
 Multigrid training changes the per-device batch size. To keep the number of
 clips that BatchNorm statistics are computed over fixed (``bn_base_size``), a
-batch larger than that is split into contiguous groups of ``base_size`` clips,
-each normalised with its own statistics by the native kernel, written in place
-into one output (no re-layout copies). One set of running statistics is kept
-per group; the layer's ``running_mean`` / ``running_var`` are always their
-aggregation, so evaluation and checkpoints see an ordinary BatchNorm3d.
+batch of N > ``base_size`` clips is split into ``G = ceil(N / base_size)``
+groups, sample ``i`` in group ``i % G`` (the reference's grouping), each
+normalised with its own statistics. When G divides N this is one native
+BatchNorm call on a copy-free (N / G, G * C, ...) view of the batch, so it
+costs about what plain BatchNorm costs, on GPUs too. One set of running
+statistics is kept per group; the layer's ``running_mean`` / ``running_var``
+are always their aggregation, so evaluation and checkpoints see an ordinary
+BatchNorm3d.
 """
-import functools
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmaction.registry import MODELS
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 
 def _check_base_size(base_size: int) -> int:
@@ -25,108 +27,6 @@ def _check_base_size(base_size: int) -> int:
         raise ValueError('multi_grid.bn_base_size must be an integer >= 1, '
                          f'got {base_size!r}')
     return base_size
-
-
-_aten = torch.ops.aten
-
-
-@functools.lru_cache(maxsize=None)
-def _stat_dtype(device: torch.device, x_dtype: torch.dtype,
-                param_dtype: Optional[torch.dtype],
-                running_dtype: Optional[torch.dtype]) -> torch.dtype:
-    """dtype of the mean / invstd that native ``batch_norm`` saves.
-
-    It depends on the device and on mixing reduced-precision inputs with
-    float parameters, so it is asked of the native kernel once per case.
-    """
-
-    def probe(dtype: Optional[torch.dtype], fill: float) -> Optional[Tensor]:
-        return None if dtype is None else torch.full(
-            (1, ), fill, dtype=dtype, device=device)
-
-    _, mean, _ = _aten.native_batch_norm(
-        torch.zeros(2, 1, dtype=x_dtype, device=device),
-        probe(param_dtype, 1.0), probe(param_dtype, 0.0),
-        probe(running_dtype, 0.0), probe(running_dtype, 1.0), True, 0.1,
-        1e-5)
-    return mean.dtype
-
-
-def _like(t: Tensor, x: Tensor) -> Tensor:
-    """``t`` in the memory format of ``x`` (contiguous or channels-last)."""
-    if x.is_contiguous():
-        return t.contiguous()
-    return t.contiguous(memory_format=torch.channels_last_3d)
-
-
-class _GroupedBatchNorm(torch.autograd.Function):
-    """Native ``batch_norm`` on each ``torch.split(x, base)`` group.
-
-    Groups are slices along the batch dimension, hence views: the forward
-    pass writes each group's output straight into one output tensor, with
-    no re-layout copies; the backward pass runs the native backward kernel
-    per group and copies the input gradient together once.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Optional[Tensor],
-                bias: Optional[Tensor], slot_mean: Optional[Tensor],
-                slot_var: Optional[Tensor], base: int, momentum: float,
-                eps: float) -> Tensor:
-        if not (x.is_contiguous()
-                or x.is_contiguous(memory_format=torch.channels_last_3d)):
-            x = x.contiguous()
-        channels, groups = x.shape[1], -(-x.shape[0] // base)
-        dtype = _stat_dtype(
-            x.device, x.dtype, None if weight is None else weight.dtype,
-            None if slot_mean is None else slot_mean.dtype)
-        out = torch.empty_like(x)
-        save_mean = x.new_empty((groups, channels), dtype=dtype)
-        save_invstd = x.new_empty((groups, channels), dtype=dtype)
-        running = ((None, None), ) * groups if slot_mean is None else list(
-            zip(slot_mean.unbind(0), slot_var.unbind(0)))
-        for part, part_out, (mean, var), s_mean, s_invstd in zip(
-                x.split(base), out.split(base), running, save_mean.unbind(0),
-                save_invstd.unbind(0)):
-            if part.numel() == channels:
-                # One value per channel (a 1-clip group of 1x1x1 features):
-                # it normalises to 0, so the output is the bias; running
-                # statistics are left as they are, and invstd 0 gives the
-                # matching gradients (nn.BatchNorm raises here; small shapes
-                # of a stock batch of 1 reach it).
-                s_mean.zero_()
-                s_invstd.zero_()
-                if bias is None:
-                    part_out.zero_()
-                else:
-                    part_out.copy_(bias.view(1, -1, *[1] * (x.dim() - 2)))
-                continue
-            _aten.native_batch_norm.out(
-                part, weight, bias, mean, var, True, momentum, eps,
-                out=part_out, save_mean=s_mean, save_invstd=s_invstd)
-        ctx.save_for_backward(x, weight, save_mean, save_invstd)
-        ctx.base, ctx.eps = base, eps
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple:
-        x, weight, save_mean, save_invstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0]] + [
-            weight is not None and need for need in ctx.needs_input_grad[1:3]]
-        grads = [
-            _aten.native_batch_norm_backward(part_grad, part, weight, None,
-                                             None, mean, invstd, True,
-                                             ctx.eps, mask)
-            for part_grad, part, mean, invstd in zip(
-                _like(grad, x).split(ctx.base), x.split(ctx.base),
-                save_mean.unbind(0), save_invstd.unbind(0))
-        ]
-        grad_x = torch.cat([g[0] for g in grads]) if mask[0] else None
-        grad_w, grad_b = (
-            torch.stack([g[i] for g in grads]).sum(0) if mask[i] else None
-            for i in (1, 2))
-        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def _group_slots(bn: nn.modules.batchnorm._BatchNorm, groups: int,
@@ -148,13 +48,37 @@ def _group_slots(bn: nn.modules.batchnorm._BatchNorm, groups: int,
     return mean[:groups], var[:groups]
 
 
+def _strided_groups(n: int, base_size: int) -> int:
+    """Number of groups G for a batch of ``n`` > ``base_size`` samples:
+    ``ceil(n / base_size)``; sample ``i`` belongs to group ``i % G``."""
+    return -(-n // base_size)
+
+
+def _batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                mean: Optional[Tensor], var: Optional[Tensor],
+                momentum: float, eps: float) -> Tensor:
+    """Training-mode ``F.batch_norm``; channels with one value each (a
+    1-clip group of 1x1x1 features, which BatchNorm refuses) normalise to
+    0, so they give the bias, with zero gradient to ``x``, and leave the
+    running statistics as they are."""
+    if x.numel() == x.shape[1]:
+        out = x * 0
+        return out if bias is None else out + bias.view(
+            1, -1, *[1] * (x.dim() - 2)).to(out.dtype)
+    return F.batch_norm(x, mean, var, weight, bias, True, momentum, eps)
+
+
 def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
                        x: Tensor) -> Tensor:
-    """Normalise contiguous groups of ``bn.base_size`` samples separately.
+    """Normalise ``G = ceil(N / bn.base_size)`` groups of samples separately.
 
-    Groups are those of ``torch.split(x, bn.base_size)``; each group's
-    running statistics are updated by the native kernel. In training the
-    layer's running statistics are then set to their aggregation.
+    Sample ``i`` belongs to group ``i % G``, as in the reference
+    implementation (PySlowFast's ``SubBatchNorm3d``): when ``G`` divides N,
+    ``x`` is viewed as (N / G, G * C, ...) with no copy and normalised by
+    one native BatchNorm call over ``G * C`` channels, whose running
+    statistics are the groups'. Otherwise (a last, smaller batch) each group
+    is normalised on its own. In training the layer's running statistics
+    are then set to the groups' aggregation.
 
     Args:
         bn (_BatchNorm): A :class:`SubBatchNorm3d` or
@@ -164,25 +88,44 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
     Returns:
         Tensor: The normalised input, same shape as ``x``.
     """
+    n, channels = x.shape[:2]
+    groups = _strided_groups(n, bn.base_size)
     track = bn.training and bn.track_running_stats
-    slot_mean = slot_var = None
+    mean = var = None
     factor = 0.0
     if track:
         bn.num_batches_tracked.add_(1)
         factor = (1.0 / float(bn.num_batches_tracked)
                   if bn.momentum is None else bn.momentum)
-        slot_mean, slot_var = _group_slots(bn, -(-x.shape[0] // bn.base_size),
-                                           x.device)
-    out = _GroupedBatchNorm.apply(x, bn.weight, bn.bias, slot_mean, slot_var,
-                                  bn.base_size, factor, bn.eps)
+        mean, var = _group_slots(bn, groups, x.device)
+    if n % groups == 0:
+        weight, bias = (None if p is None else p.repeat(groups)
+                        for p in (bn.weight, bn.bias))
+        out = _batch_norm(
+            x.reshape(n // groups, groups * channels, *x.shape[2:]), weight,
+            bias, None if mean is None else mean.view(-1),
+            None if var is None else var.view(-1), factor,
+            bn.eps).view(x.shape)
+    else:
+        parts = [
+            _batch_norm(x[g::groups], bn.weight, bn.bias,
+                        None if mean is None else mean[g],
+                        None if var is None else var[g], factor, bn.eps)
+            for g in range(groups)
+        ]
+        # Row r of the concatenation holds sample order[r].
+        order = torch.cat([
+            torch.arange(g, n, groups, device=x.device)
+            for g in range(groups)])
+        out = torch.cat(parts)[order.argsort()]
     if track:
         with torch.no_grad():
-            bn._split_mean, bn._split_var = slot_mean, slot_var
-            mean = torch.mean(slot_mean, 0, out=bn.running_mean)
+            bn._split_mean, bn._split_var = mean, var
+            total = torch.mean(mean, 0, out=bn.running_mean)
             # Biased variance of the group means, written out: Tensor.var
             # over dim 0 is about 20x slower on CPU (torch 2.13, C=2048).
-            spread = (slot_mean - mean).square_().mean(0)
-            torch.mean(slot_var, 0, out=bn.running_var).add_(spread)
+            spread = (mean - total).square_().mean(0)
+            torch.mean(var, 0, out=bn.running_var).add_(spread)
     return out
 
 
@@ -227,9 +170,10 @@ class SubBatchNorm3d(_SubBatchMixin, nn.BatchNorm3d):
     """BatchNorm3d computing training statistics per group of clips.
 
     With N <= ``base_size`` it is exactly :class:`torch.nn.BatchNorm3d`. With
-    N > ``base_size`` the batch is split as ``torch.split(x, base_size)`` and
-    each group is normalised with its own statistics (same affine weight and
-    bias). Running statistics are kept per group and aggregated into
+    N > ``base_size`` the batch is split into ``G = ceil(N / base_size)``
+    groups, sample ``i`` in group ``i % G`` (``base_size`` clips each when
+    ``base_size`` divides N), and each group is normalised with its own
+    statistics (same affine weight and bias). Running statistics are kept per group and aggregated into
     ``running_mean`` (mean of the group means) and ``running_var`` (mean of
     the group variances plus the biased variance of the group means) after
     every step. Evaluation uses the aggregated statistics. The ``state_dict``

@@ -1,7 +1,8 @@
 """MultiGridHook: keeps the Runner in step with the multigrid schedule."""
 import logging
 import random
-from typing import Dict, List, Optional, Sequence
+import time
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -151,7 +152,7 @@ class MultiGridHook(Hook):
             schedulers = [s for group in schedulers.values() for s in group]
         return [s for s in schedulers if isinstance(s, MultiGridLR)]
 
-    def _check_model(self, runner, shapes: Sequence) -> None:
+    def _check_model(self, runner, shapes: Iterable) -> None:
         """One tiny forward per distinct input shape, before training."""
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
@@ -159,7 +160,7 @@ class MultiGridHook(Hook):
         was_training = model.training
         model.eval()
         try:
-            for clip_len, (h, w) in sorted(set(shapes)):
+            for clip_len, (h, w) in sorted(shapes):
                 inputs = torch.zeros(1, 1, 3, clip_len, h, w,
                                      device=param.device, dtype=param.dtype)
                 try:
@@ -210,9 +211,13 @@ class MultiGridHook(Hook):
         # public setter exists, so this is the one private write.
         runner.train_loop._max_iters = runner.iter + sum(
             lengths[runner.epoch:])
-        shapes = [(s.clip_len, s.size) for e in range(runner.max_epochs)
-                  for s in schedule.batch_shapes(e)]
+        shapes = {(s.clip_len, s.size) for e in range(runner.max_epochs)
+                  for s in schedule.batch_shapes(e)}
+        start = time.perf_counter()
         self._check_model(runner, shapes)
+        runner.logger.info(
+            f'Multigrid: the model takes all {len(shapes)} input shapes '
+            f'(checked in {time.perf_counter() - start:.1f} s).')
         runner.logger.info(
             f'Multigrid schedule ({schedule.max_epochs} epochs instead of '
             f'{schedule.stock_max_epochs}, {sum(lengths)} iterations, '

@@ -32,18 +32,31 @@ def _aggregate(bns):
     return means.mean(0), variances.mean(0) + means.var(0, unbiased=False)
 
 
+def _group_index(n, base):
+    """Sample indices of each group, as the reference groups them:
+    G = ceil(n / base) groups, sample i in group i % G."""
+    groups = -(-n // base)
+    return [torch.arange(g, n, groups) for g in range(groups)]
+
+
+def _apply_per_group(bns, x, base):
+    """``bns[g]`` applied to group g of ``x``, in sample order."""
+    out = torch.empty_like(x)
+    for bn, index in zip(bns, _group_index(len(x), base)):
+        out[index] = bn(x[index])
+    return out
+
+
 def _per_group(x, base, momentum=0.1, weight=None, bias=None):
     bns = []
-    outs = []
-    for part in torch.split(x, base):
-        bn = nn.BatchNorm3d(C, momentum=momentum)
+    for _ in _group_index(len(x), base):
+        bn = nn.BatchNorm3d(C, momentum=momentum).to(x.device)
         if weight is not None:
             with torch.no_grad():
                 bn.weight.copy_(weight)
                 bn.bias.copy_(bias)
-        outs.append(bn(part))
         bns.append(bn)
-    return torch.cat(outs), bns
+    return _apply_per_group(bns, x, base), bns
 
 
 @pytest.mark.parametrize('n', [16, 24, 20, 9])
@@ -67,8 +80,7 @@ def test_gradients_match_per_group_bn():
     x_ref = x.detach().clone().requires_grad_()
     target = torch.randn_like(x)
     (bn(x) * target).sum().backward()
-    outs = [r(p) for r, p in zip(ref, torch.split(x_ref, 8))]
-    (torch.cat(outs) * target).sum().backward()
+    (_apply_per_group(ref, x_ref, 8) * target).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
         bn.weight.grad, sum(r.weight.grad for r in ref), atol=1e-4, rtol=1e-5)
@@ -116,8 +128,8 @@ def test_without_affine():
     bn = SubBatchNorm3d(C, affine=False, base_size=8)
     x = _inputs(20).requires_grad_()
     out = bn(x)
-    expected = torch.cat([
-        nn.BatchNorm3d(C, affine=False)(part) for part in torch.split(x, 8)])
+    expected = _apply_per_group(
+        [nn.BatchNorm3d(C, affine=False) for _ in range(3)], x, 8)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     out.square().sum().backward()
     assert torch.isfinite(x.grad).all()
@@ -146,8 +158,7 @@ def test_running_stats_are_aggregated_split_stats(momentum):
     for step in range(5):
         x = _inputs(24, seed=step)
         bn(x)
-        for ref, part in zip(refs, torch.split(x, 8)):
-            ref(part)
+        _apply_per_group(refs, x, 8)
     mean, var = _aggregate(refs)
     torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-5)
@@ -231,10 +242,10 @@ def test_new_slots_start_from_running_stats():
     start_var = bn.running_var.clone()
     bn(x)
     refs = [nn.BatchNorm3d(C, momentum=0.1) for _ in range(2)]
-    for ref, part in zip(refs, torch.split(x, 8)):
+    for ref in refs:
         ref.running_mean.copy_(start_mean)
         ref.running_var.copy_(start_var)
-        ref(part)
+    _apply_per_group(refs, x, 8)
     mean, var = _aggregate(refs)
     torch.testing.assert_close(bn.running_mean, mean)
     torch.testing.assert_close(bn.running_var, var)
@@ -386,8 +397,7 @@ def test_cuda_matches_per_group_bn(n, base):
         x_ref = x.detach().clone().requires_grad_()
         target = torch.randn_like(x)
         out = bn(x)
-        expected = torch.cat(
-            [r(p) for r, p in zip(refs, torch.split(x_ref, base))])
+        expected = _apply_per_group(refs, x_ref, base)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
         (out * target).sum().backward()
         (expected * target).sum().backward()
@@ -418,3 +428,27 @@ def test_cuda_float16_autocast():
     out.float().square().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
     assert bn.running_mean.dtype == torch.float32
+
+
+def test_equals_the_reference_definition():
+    """PySlowFast's SubBatchNorm3d: the batch viewed as (N / G, G * C, ...)
+    through one BatchNorm3d of G * C channels, whose running statistics are
+    aggregated as mean of means and mean of variances plus the variance of
+    the means."""
+    groups = 4
+    bn = SubBatchNorm3d(C, base_size=3)
+    _affine(bn)
+    split = nn.BatchNorm3d(groups * C)
+    with torch.no_grad():
+        split.weight.copy_(bn.weight.repeat(groups))
+        split.bias.copy_(bn.bias.repeat(groups))
+    for step in range(3):
+        x = _inputs(12, seed=step)
+        expected = split(x.view(12 // groups, groups * C, *x.shape[2:]))
+        torch.testing.assert_close(bn(x), expected.view_as(x))
+    means = split.running_mean.view(groups, C)
+    variances = split.running_var.view(groups, C)
+    mean = means.sum(0) / groups
+    var = variances.sum(0) / groups + ((means - mean)**2).sum(0) / groups
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
