@@ -4,8 +4,10 @@ the measured time of each mini-batch shape (no data loading).
 For the stock I3D R50 of the installed MMAction2 (``--clip-len`` frames,
 crop ``--size``, ``--stock-batch`` clips per GPU, 100 epochs, milestones 40
 and 80) it times forward + backward + SGD step on random inputs of every
-distinct mini-batch shape of the multigrid schedule and of the stock shape,
-then adds them up over both schedules for a data set of ``--samples``
+distinct mini-batch shape of the multigrid schedule and of the stock shape
+(with sub-batch BN in groups of the stock batch, what the conversion does
+by default, which is plain BN at the stock batch; ``--plain-bn`` for plain
+BN throughout), then adds them up over both schedules for a data set of ``--samples``
 clips per GPU. The ratio is the speedup the hardware realises from the
 schedule's compute saving, whose ceiling (1 / compute ratio, counting
 ``frames*height*width`` per clip) it prints beside it. On a GPU it shows
@@ -25,7 +27,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, osp.dirname(HERE))
 
 from bench_sub_batch_bn import build_i3d, device_name, time_model  # noqa
-from mmaction_multigrid import MultiGridSchedule  # noqa: E402
+from mmaction_multigrid import (MultiGridSchedule,  # noqa: E402
+                                convert_sub_batch_bn)
 
 
 def main() -> None:
@@ -40,11 +43,16 @@ def main() -> None:
                         default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', action='store_true',
                         help='float16 autocast, as --amp in tools/train.py')
+    parser.add_argument('--plain-bn', action='store_true',
+                        help='multigrid shapes with plain BN '
+                        '(multi_grid.bn_base_size=None)')
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = False  # the stock configs' setting
     schedule = MultiGridSchedule(args.clip_len, 2, args.size, 100, [40, 80],
                                  batch_size=args.stock_batch)
     model = build_i3d(args.device)
+    if not args.plain_bn:  # plain BN at the stock batch size itself
+        model = convert_sub_batch_bn(model, args.stock_batch)
     times = {}
 
     def seconds(batch: int, clip_len: int, h: int, w: int) -> float:
@@ -69,7 +77,8 @@ def main() -> None:
                      for s in (shapes[i % len(shapes)] for i in range(n)))
     print(f'I3D R50, stock batch {args.stock_batch} x {args.clip_len} x '
           f'{args.size}x{args.size}, {args.samples} clips per epoch, on '
-          f'{device_name(args.device)}{", float16 autocast" * args.amp}')
+          f'{device_name(args.device)}{", float16 autocast" * args.amp}, '
+          f'multigrid with {"plain" if args.plain_bn else "sub-batch"} BN')
     print(f'stock 100 epochs: {stock_total / 3600:.2f} h of compute; '
           f'multigrid {schedule.max_epochs} epochs: {total / 3600:.2f} h')
     print(f'speedup {stock_total / total:.2f}x; schedule compute ceiling '

@@ -38,15 +38,16 @@ decord; print(torch.__version__, torch.version.cuda, numpy.__version__, \
 mmengine.__version__, mmaction.__version__, torch.cuda.get_device_name())"
 step gpu-tests 90 python3 -m pytest -q -p no:cacheprovider \
     tests/test_bn.py tests/test_robust.py -k "cuda or amp"
-step train 270 python3 benchmarks/bench_train.py --data video rawframes \
-    --epochs 30 --videos-per-class 64 --val-per-class 32 --workers 8 \
-    --tag _gpu --work-dir /tmp/bench_train
-step shapes 90 python3 benchmarks/bench_shapes.py --stock-batch 8
-step shapes-amp 90 python3 benchmarks/bench_shapes.py --stock-batch 8 --amp
 step sub-bn 60 python3 benchmarks/bench_sub_batch_bn.py --stock-batch 8 \
     --iters 10
 step sub-bn-amp 60 python3 benchmarks/bench_sub_batch_bn.py \
     --stock-batch 8 --iters 10 --amp
+step shapes 90 python3 benchmarks/bench_shapes.py --stock-batch 8
+step shapes-amp 90 python3 benchmarks/bench_shapes.py --stock-batch 8 --amp
+step shapes-plain 90 python3 benchmarks/bench_shapes.py --stock-batch 8 --plain-bn
+step train 300 python3 benchmarks/bench_train.py --data video rawframes \
+    --epochs 30 --videos-per-class 64 --val-per-class 32 --workers 8 \
+    --tag _gpu --work-dir /tmp/bench_train
 cp benchmarks/results/train_*_gpu.json "$out"/ 2>/dev/null
 # The whole suite, with the model on the GPU wherever the Runner puts it
 # (two-process tests need two GPUs and are left out).

@@ -48,7 +48,7 @@ def _group_slots(bn: nn.modules.batchnorm._BatchNorm, groups: int,
     return mean[:groups], var[:groups]
 
 
-def _strided_groups(n: int, base_size: int) -> int:
+def _num_groups(n: int, base_size: int) -> int:
     """Number of groups G for a batch of ``n`` > ``base_size`` samples:
     ``ceil(n / base_size)``; sample ``i`` belongs to group ``i % G``."""
     return -(-n // base_size)
@@ -89,7 +89,7 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
         Tensor: The normalised input, same shape as ``x``.
     """
     n, channels = x.shape[:2]
-    groups = _strided_groups(n, bn.base_size)
+    groups = _num_groups(n, bn.base_size)
     track = bn.training and bn.track_running_stats
     mean = var = None
     factor = 0.0
