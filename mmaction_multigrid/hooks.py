@@ -164,7 +164,11 @@ class MultiGridHook(Hook):
                 inputs = torch.zeros(1, 1, 3, clip_len, h, w,
                                      device=param.device, dtype=param.dtype)
                 try:
-                    with torch.no_grad():
+                    # Shapes only: cuDNN stays out. On an H200 this check
+                    # was the likely place of an 81 s stall (batch-1 eval
+                    # convolutions at 8 new shapes; not confirmed there).
+                    with torch.no_grad(), torch.backends.cudnn.flags(
+                            enabled=False):
                         model(inputs, None, mode='tensor')
                 except Exception as error:  # any failure means the shape
                     raise ValueError(
