@@ -26,7 +26,8 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, osp.dirname(HERE))
 
-from bench_sub_batch_bn import build_i3d, device_name, time_model  # noqa
+from bench_sub_batch_bn import (add_device_args, build_i3d,  # noqa
+                                device_name, time_model)
 from mmaction_multigrid import (MultiGridSchedule,  # noqa: E402
                                 convert_sub_batch_bn)
 
@@ -39,10 +40,7 @@ def main() -> None:
     parser.add_argument('--samples', type=int, default=30000,
                         help='training clips per GPU per epoch')
     parser.add_argument('--iters', type=int, default=5)
-    parser.add_argument('--device',
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--amp', action='store_true',
-                        help='float16 autocast, as --amp in tools/train.py')
+    add_device_args(parser)
     parser.add_argument('--plain-bn', action='store_true',
                         help='multigrid shapes with plain BN '
                         '(multi_grid.bn_base_size=None)')

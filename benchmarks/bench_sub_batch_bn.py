@@ -54,6 +54,14 @@ def device_name(device: str) -> str:
     return f'CPU, {torch.get_num_threads()} threads'
 
 
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (the GPU when there is one) and ``--amp``."""
+    parser.add_argument('--device',
+                        default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--amp', action='store_true',
+                        help='float16 autocast, as --amp in tools/train.py')
+
+
 def build_i3d(device: str) -> torch.nn.Module:
     """The installed MMAction2's stock I3D R50 recognizer, random weights,
     in training mode on ``device``."""
@@ -73,10 +81,7 @@ def main() -> None:
     parser.add_argument('--clip-len', type=int, default=32)
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=2)
-    parser.add_argument('--device',
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--amp', action='store_true',
-                        help='float16 autocast, as --amp in tools/train.py')
+    add_device_args(parser)
     args = parser.parse_args()
     schedule = MultiGridSchedule(args.clip_len, 2, args.size, 100, [40, 80],
                                  batch_size=args.stock_batch)
