@@ -5,6 +5,15 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+
+
+def requirements(name: str) -> list:
+    """Requirement lines of requirements/NAME.txt (no comments)."""
+    lines = (HERE / 'requirements' / f'{name}.txt').read_text().splitlines()
+    return [line.strip() for line in lines
+            if line.strip() and not line.startswith('#')]
+
+
 VERSION = re.search(r"__version__ = '([^']+)'",
                     (HERE / 'mmaction_multigrid' / 'version.py').read_text()
                     ).group(1)
@@ -21,10 +30,9 @@ setup(
     python_requires='>=3.8',
     # torch and mmcv are installed by the user for their CUDA version
     # (MMAction2 convention), so they are not listed here.
-    install_requires=[
-        'mmengine>=0.7.0', 'mmaction2>=1.0.0', 'numpy', 'opencv-python',
-        'matplotlib'
-    ],
+    install_requires=requirements('runtime'),
+    extras_require=dict(plot=requirements('plot'),
+                        tests=requirements('tests')),
     entry_points={
         'console_scripts':
         ['mmaction-multigrid=mmaction_multigrid.cli:main'],

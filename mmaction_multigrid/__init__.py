@@ -10,6 +10,8 @@ from .convert import convert_config, validate_options
 from .datasets import MultiGridDataset, ShapedIndex
 from .hooks import MultiGridHook
 from .loops import MultiGridTrainLoop
+from .precise_bn import PreciseBNHook
+from .resume import ExactResumeHook
 from .runner import MultiGridRunner, install_switch
 from .samplers import ShortCycleBatchSampler
 from .schedule import MultiGridSchedule
@@ -19,9 +21,9 @@ from .version import __version__
 install_switch()
 
 __all__ = [
-    'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
+    'ExactResumeHook', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
     'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex',
-    'ShortCycleBatchSampler',
+    'PreciseBNHook', 'ShortCycleBatchSampler',
     'SubBatchNorm3d', 'convert_config', 'convert_sub_batch_bn',
     'install_switch', 'multigrid_collate', 'validate_options', '__version__'
 ]

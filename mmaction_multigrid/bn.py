@@ -151,6 +151,19 @@ class _SubBatchMixin:
         self._split_mean = None
         self._split_var = None
 
+    def split_stats(self) -> Optional[Tuple[Tensor, Tensor]]:
+        """Per-group running ``(mean, var)``, each of shape (G, C), or None
+        when the last training step used no groups."""
+        if self._split_mean is None:
+            return None
+        return self._split_mean, self._split_var
+
+    def load_split_stats(self, mean: Tensor, var: Tensor) -> None:
+        """Continue from per-group statistics that :meth:`split_stats`
+        returned (e.g. from a checkpoint), on this layer's device."""
+        device = self.running_mean.device
+        self._split_mean, self._split_var = mean.to(device), var.to(device)
+
     def _use_sub_batch(self, x: Tensor) -> bool:
         bn_training = self.training or self.running_mean is None
         return bn_training and x.shape[0] > self.base_size

@@ -173,6 +173,12 @@ def plan(args: argparse.Namespace) -> int:
             'imports', []):
         print('note: the config has no custom_imports of mmaction_multigrid; '
               'tools/train.py would train it the stock way.')
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print('plot: skipped, matplotlib is not installed (pip install '
+              '"mmaction-multigrid[plot]" or pip install matplotlib)')
+        return 0
     os.makedirs(args.out, exist_ok=True)
     path = osp.join(args.out, f'{name}_multigrid_plan.png')
     plot_plan(schedule, base_lr, path,

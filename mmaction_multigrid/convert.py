@@ -101,11 +101,12 @@ def validate_options(options: dict) -> dict:
               f'None (plain BN), or left out, got {bn!r}.')
     precise = opts['precise_bn']
     if precise is not None and not (
-            isinstance(precise, dict) and set(precise) <= {'num_iters'}
+            isinstance(precise, dict)
+            and set(precise) <= {'num_iters', 'interval'}
             and isinstance(precise.get('num_iters', 200), int)
             and precise.get('num_iters', 200) >= 1):
-        _fail('precise_bn', 'must be None or dict(num_iters=N) with N >= 1, '
-              f'got {precise!r}.')
+        _fail('precise_bn', 'must be None or dict(num_iters=N) with N >= 1 '
+              f'(and optionally interval=K epochs), got {precise!r}.')
     return opts
 
 
@@ -273,10 +274,13 @@ def convert_config(cfg):
 
     The train dataset is wrapped in ``MultiGridDataset``, batches come from
     ``ShortCycleBatchSampler``, ``MultiGridLR`` replaces the step schedule,
-    ``train_cfg.max_epochs`` becomes the multigrid epoch count and
-    ``MultiGridHook`` is added. MMEngine's default ``pseudo_collate`` becomes
+    ``train_cfg.max_epochs`` becomes the multigrid epoch count. MMEngine's default ``pseudo_collate`` becomes
     ``multigrid_collate`` (same batches, fewer shared-memory blocks per
-    batch); another collate function is kept. A converted config is returned
+    batch); another collate function is kept. ``MultiGridHook`` and
+    ``ExactResumeHook`` are added, and ``PreciseBNHook`` with
+    ``precise_bn``. The schedule's arguments are written once, into the
+    batch sampler; ``MultiGridRunner`` shares the schedule the sampler
+    builds with the loop and ``MultiGridLR``. A converted config is returned
     unchanged.
 
     Args:
@@ -308,10 +312,12 @@ def convert_config(cfg):
     if loader.get('collate_fn', dict(type='pseudo_collate')) == dict(
             type='pseudo_collate'):
         loader['collate_fn'] = dict(type='multigrid_collate')
-    cfg['param_scheduler'] = [dict(type='MultiGridLR', schedule=args)]
+    cfg['param_scheduler'] = [dict(type='MultiGridLR')]
     cfg['train_cfg']['max_epochs'] = schedule.max_epochs
     hooks = list(cfg.get('custom_hooks') or [])
-    hooks.append(dict(type='MultiGridHook', precise_bn=opts['precise_bn']))
+    hooks += [dict(type='MultiGridHook'), dict(type='ExactResumeHook')]
+    if opts['precise_bn'] is not None:
+        hooks.append(dict(type='PreciseBNHook', **opts['precise_bn']))
     cfg['custom_hooks'] = hooks
     cfg['runner_type'] = 'MultiGridRunner'
     cfg['multi_grid'] = {

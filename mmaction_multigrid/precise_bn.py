@@ -3,18 +3,27 @@
 The running statistics collected during training are an exponential average
 over weights that kept changing. Before evaluation, multigrid training (like
 PySlowFast) replaces them with an exact average over a number of batches run
-through the current weights. This module holds the helper only; a hook calls
-it.
+through the current weights. :func:`update_bn_stats` does it for any model;
+:class:`PreciseBNHook` decides when, in a multigrid run.
 """
+import bisect
 import itertools
 import logging
+import time
 from typing import Any, Callable, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
+from mmaction.registry import HOOKS
+from mmengine.dataset import DefaultSampler
 from mmengine.dist import all_reduce, get_world_size
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader
+
+from .rng import preserved_rng
 
 
 def _bn_layers(model: nn.Module) -> List[_BatchNorm]:
@@ -117,3 +126,105 @@ def update_bn_stats(model: nn.Module,
             if hasattr(m, 'reset_split_stats'):
                 m.reset_split_stats()
     return used
+
+
+@HOOKS.register_module()
+class PreciseBNHook(Hook):
+    """Recompute BN statistics at the default shape before they are used.
+
+    Runs :func:`update_bn_stats` over ``num_iters`` batches of the train set
+    at the default (stock) shape, after a train epoch that is followed by a
+    validation or an epoch-based checkpoint, as the train loop's validation
+    settings (``val_begin``, ``val_interval``, ``dynamic_intervals``) and
+    each ``CheckpointHook``'s settings (``interval``, ``save_begin``,
+    ``save_last``) say; and every ``interval`` epochs if set. The batches
+    come from a loader of its own over the train dataset, with the stock
+    per-GPU batch size, the train loader's workers and collate function, in
+    an order fixed by the sampler seed and the epoch; with several
+    processes each rank takes its share and the statistics are averaged.
+
+    The whole model runs (``mode='loss'`` with the batch's labels), so BN
+    layers in necks and auxiliary heads are updated too.
+
+    Args:
+        num_iters (int): Batches to average over. Defaults to 200.
+        interval (int, optional): Also run every ``interval`` epochs.
+            Defaults to None.
+
+    Note:
+        Priority ``ABOVE_NORMAL``: it must run before ``CheckpointHook``
+        (``VERY_LOW``) saves. Checkpoints saved every N iterations
+        (``by_epoch=False``) keep the training statistics.
+    """
+
+    priority = 'ABOVE_NORMAL'
+
+    def __init__(self, num_iters: int = 200,
+                 interval: Optional[int] = None) -> None:
+        for key, value in (('num_iters', num_iters), ('interval', interval)):
+            if value is None and key == 'interval':
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or \
+                    value < 1:
+                raise ValueError(f'multi_grid.precise_bn.{key} must be an '
+                                 f'integer >= 1, got {value!r}.')
+        self.num_iters = num_iters
+        self.interval = interval
+
+    def after_train_epoch(self, runner) -> None:
+        if self._runs_after(runner):
+            self._update(runner)
+
+    def _runs_after(self, runner) -> bool:
+        """Whether this epoch is followed by a validation, a checkpoint, or
+        ends an ``interval``."""
+        epoch = runner.epoch + 1
+        if self.interval and epoch % self.interval == 0:
+            return True
+        if epoch == runner.max_epochs:  # final validation / last checkpoint
+            return True
+        loop = runner.train_loop
+        if runner.val_loop is not None and epoch >= loop.val_begin:
+            # The interval the loop will use after this epoch (MMEngine's
+            # dynamic_intervals rule, EpochBasedTrainLoop).
+            step = bisect.bisect(loop.dynamic_milestones, epoch + 1)
+            if epoch % loop.dynamic_intervals[step - 1] == 0:
+                return True
+        return any(
+            hook.by_epoch and
+            (hook.every_n_epochs(runner, hook.interval, hook.save_begin)
+             or hook.save_last and hook.is_last_train_epoch(runner))
+            for hook in runner.hooks if isinstance(hook, CheckpointHook))
+
+    def _update(self, runner) -> None:
+        """Recompute BN statistics over default-shape batches."""
+        train_loader = runner.train_dataloader
+        batch_sampler = train_loader.batch_sampler
+        seed = getattr(batch_sampler.sampler, 'seed', None)
+        sampler = DefaultSampler(
+            train_loader.dataset, shuffle=True,
+            seed=runner.seed if seed is None else seed)
+        sampler.set_epoch(runner.epoch)
+        loader = DataLoader(
+            train_loader.dataset,
+            batch_size=getattr(batch_sampler, 'batch_size', 1),
+            sampler=sampler,
+            num_workers=train_loader.num_workers,
+            collate_fn=train_loader.collate_fn,
+            drop_last=True)
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+
+        def forward(batch: dict):
+            data = model.data_preprocessor(batch, True)
+            return model(**data, mode='loss')
+
+        start = time.perf_counter()
+        # Recomputing statistics must not shift the training random stream
+        # (the loader's seed draw, a pipeline running in this process).
+        with preserved_rng():
+            used = update_bn_stats(model, loader, self.num_iters, forward)
+        runner.logger.info(
+            f'Precise BN after epoch {runner.epoch + 1}: BN statistics '
+            f'recomputed at the default shape over {used} batches in '
+            f'{time.perf_counter() - start:.1f} s.')

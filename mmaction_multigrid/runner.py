@@ -6,12 +6,15 @@ Importing this package (``custom_imports``) wraps that classmethod once: a
 config with ``multi_grid`` is built by :class:`MultiGridRunner`, which
 converts it first; any other config goes through the stock code unchanged.
 """
+from mmaction.registry import PARAM_SCHEDULERS
+from mmengine.optim import OptimWrapperDict
 from mmengine.registry import RUNNERS
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
 from .bn import convert_sub_batch_bn
 from .convert import convert_config
 from .loops import MultiGridTrainLoop
+from .schedulers import MultiGridLR
 
 _STOCK_FROM_CFG = Runner.from_cfg.__func__
 
@@ -26,7 +29,8 @@ class MultiGridRunner(Runner):
     sub-batch BN when ``multi_grid.bn_base_size`` is set; their checkpoint
     keys stay those of ``nn.BatchNorm3d``. ``build_train_loop`` runs an
     ``EpochBasedTrainLoop`` config as :class:`MultiGridTrainLoop` (the config
-    itself is left as it is).
+    itself is left as it is), and ``build_param_scheduler`` hands that loop's
+    schedule and epoch mapping to ``MultiGridLR``.
     """
 
     @classmethod
@@ -40,6 +44,33 @@ class MultiGridRunner(Runner):
             model = convert_sub_batch_bn(model, base_size)
         return model
 
+    def build_param_scheduler(self, scheduler):
+        """Build the schedulers; ``MultiGridLR`` gets the train loop's
+        schedule and epoch mapping (one schedule for the whole run).
+
+        ``MultiGridLR`` is built here rather than by MMEngine, which
+        deep-copies scheduler configs (MMEngine 0.10.7) and would copy the
+        shared schedule and the loop with them.
+        """
+        configs = scheduler if isinstance(scheduler, list) else [scheduler]
+        if any(_is_multigrid_lr(c) for c in configs):
+            if isinstance(self.optim_wrapper, OptimWrapperDict):
+                raise ValueError(
+                    'multi_grid supports one optimizer: optim_wrapper '
+                    'builds several (OptimWrapperDict).')
+            loop = self.train_loop
+            # A config converted by release 0.1 also names the schedule's
+            # arguments here; the loop's schedule is the one to share.
+            configs = [
+                PARAM_SCHEDULERS.build(
+                    {k: v for k, v in c.items() if k != 'schedule'},
+                    default_args=dict(optimizer=self.optim_wrapper,
+                                      schedule=loop.schedule,
+                                      epoch_of_step=loop.fractional_epoch))
+                if _is_multigrid_lr(c) else c for c in configs
+            ]
+        return super().build_param_scheduler(configs)
+
     def build_train_loop(self, loop):
         if isinstance(loop, dict) and loop.get(
                 'type', 'EpochBasedTrainLoop') in (
@@ -48,6 +79,12 @@ class MultiGridRunner(Runner):
             loop = {k: v for k, v in loop.items() if k != 'by_epoch'}
             loop['type'] = MultiGridTrainLoop
         return super().build_train_loop(loop)
+
+
+def _is_multigrid_lr(cfg) -> bool:
+    """Whether ``cfg`` is a ``MultiGridLR`` config (string or class type)."""
+    return isinstance(cfg, dict) and cfg.get('type') in ('MultiGridLR',
+                                                         MultiGridLR)
 
 
 def _from_cfg(cls, cfg) -> Runner:

@@ -2,7 +2,7 @@
 half-steps and linear warm-up), updated every iteration."""
 import bisect
 from itertools import accumulate
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 from mmaction.registry import PARAM_SCHEDULERS
 from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
@@ -33,15 +33,19 @@ def fractional_epoch(step: int, epoch_lengths: Sequence[int]) -> float:
 class MultiGridLR(LRSchedulerMixin, _ParamScheduler):
     """Learning rate of a multigrid run, set before every iteration.
 
-    ``lr = base_lr * schedule.lr_factor(epoch + iter / iters_in_epoch)``.
-    Epoch lengths vary with the long-cycle shape, so the
-    :class:`~mmaction_multigrid.hooks.MultiGridHook` gives them to the
-    scheduler with :meth:`set_epoch_lengths` before training.
+    ``lr = base_lr * schedule.lr_factor(epoch_of_step(step))``. Epoch lengths
+    vary with the long-cycle shape, so the step-to-epoch mapping comes from
+    the train loop: ``MultiGridRunner`` passes the schedule its batch
+    sampler built and :meth:`MultiGridTrainLoop.fractional_epoch
+    <mmaction_multigrid.loops.MultiGridTrainLoop.fractional_epoch>` when it
+    builds this scheduler, so a config only names the type.
 
     Args:
         optimizer (Optimizer or OptimWrapper): Wrapped optimizer.
-        schedule (dict): Arguments of
-            :class:`~mmaction_multigrid.schedule.MultiGridSchedule`.
+        schedule (MultiGridSchedule | dict): The schedule, or the arguments
+            of :class:`~mmaction_multigrid.schedule.MultiGridSchedule`.
+        epoch_of_step (Callable[[int], float]): Fractional epoch
+            ``epoch + iter / iters_in_epoch`` of a global iteration.
         begin (int): Must be 0: the multigrid LR spans the whole run.
         end (int, optional): Not used; MMEngine's Runner fills it with an
             iteration count that assumes equal epochs. Defaults to None.
@@ -52,38 +56,34 @@ class MultiGridLR(LRSchedulerMixin, _ParamScheduler):
 
     def __init__(self,
                  optimizer,
-                 schedule: dict,
+                 schedule: Union[MultiGridSchedule, dict, None] = None,
+                 epoch_of_step: Optional[Callable[[int], float]] = None,
                  begin: int = 0,
                  end: Optional[int] = None,
                  last_step: int = -1,
                  by_epoch: bool = False,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False,
+                 **kwargs) -> None:
+        if schedule is None or epoch_of_step is None:
+            raise ValueError(
+                'MultiGridLR needs `schedule` and `epoch_of_step`; '
+                'MultiGridRunner passes them when it builds the scheduler '
+                'of a config with `multi_grid`.')
         if begin != 0 or by_epoch:
             raise ValueError('MultiGridLR runs every iteration from the '
                              'start: use begin=0 and by_epoch=False.')
-        self.schedule = MultiGridSchedule(**schedule)
-        self.epoch_lengths: Optional[List[int]] = None
-        self.first_epoch = 0
-        self.first_step = 0
+        # MMEngine's Runner passes `epoch_length` to every scheduler it
+        # builds; epochs have no single length here.
+        kwargs.pop('epoch_length', None)
+        if kwargs:
+            raise TypeError(f'MultiGridLR got unexpected arguments '
+                            f'{sorted(kwargs)}.')
+        self.schedule = (schedule if isinstance(schedule, MultiGridSchedule)
+                         else MultiGridSchedule(**schedule))
+        self.epoch_of_step = epoch_of_step
         super().__init__(optimizer, begin=0, end=INF,
                          last_step=last_step, by_epoch=False,
                          verbose=verbose)
-
-    def set_epoch_lengths(self, epoch_lengths: Sequence[int],
-                          first_epoch: int = 0, first_step: int = 0) -> None:
-        """Iterations of every epoch of the run, in order.
-
-        Args:
-            epoch_lengths: Iterations of each epoch.
-            first_epoch: Epoch the run (re)starts at. Defaults to 0.
-            first_step: Global iteration at which ``first_epoch`` starts.
-                It differs from ``sum(epoch_lengths[:first_epoch])`` when a
-                run resumes a checkpoint written with another number of GPUs
-                or without multigrid. Defaults to 0.
-        """
-        self.epoch_lengths = list(epoch_lengths)
-        self.first_epoch = first_epoch
-        self.first_step = first_step
 
     def start_at(self, step: int) -> None:
         """Continue the schedule at global iteration ``step``.
@@ -102,27 +102,15 @@ class MultiGridLR(LRSchedulerMixin, _ParamScheduler):
             group[self.param_name] = value
         self._last_value = values
 
-    def current_epoch(self) -> float:
-        """Fractional epoch of the iteration this LR is for."""
-        if self.epoch_lengths is None:
-            if self.last_step > 0:
-                raise RuntimeError(
-                    'MultiGridLR needs the epoch lengths; MultiGridHook sets '
-                    'them in before_train. Is MultiGridHook in custom_hooks?')
-            return 0.0
-        step = self.last_step - self.first_step
-        return self.first_epoch + fractional_epoch(
-            step, self.epoch_lengths[self.first_epoch:])
-
     def _get_value(self) -> List[float]:
-        factor = self.schedule.lr_factor(self.current_epoch())
+        factor = self.schedule.lr_factor(self.epoch_of_step(self.last_step))
         return [base * factor for base in self.base_values]
 
     def state_dict(self) -> dict:
-        """Scheduler state without the schedule, which comes from config."""
+        """Scheduler state without the schedule and the epoch mapping, which
+        come from the config and the train loop."""
         state = super().state_dict()
-        for key in ('schedule', 'epoch_lengths', 'first_epoch',
-                    'first_step'):
+        for key in ('schedule', 'epoch_of_step'):
             state.pop(key, None)
         state['type'] = type(self).__name__
         return state
@@ -133,9 +121,8 @@ class MultiGridLR(LRSchedulerMixin, _ParamScheduler):
         The state of another scheduler (MMEngine pairs schedulers by
         position, so a checkpoint written without multigrid hands over its
         ``MultiStepLR``/``LinearLR`` state) is ignored: its step count and
-        settings do not apply. :class:`~mmaction_multigrid.hooks.
-        MultiGridHook` then continues the schedule at the resumed iteration
-        with :meth:`start_at`.
+        settings do not apply. The train loop then continues the schedule at
+        the resumed iteration with :meth:`start_at`.
         """
         state = dict(state_dict)
         if state.pop('type', None) != type(self).__name__:

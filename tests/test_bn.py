@@ -163,7 +163,7 @@ def test_running_stats_are_aggregated_split_stats(momentum):
     torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-5)
     assert int(bn.num_batches_tracked) == 5
-    assert bn._split_mean.shape == (3, C)
+    assert bn.split_stats()[0].shape == (3, C)
 
     # Eval uses the aggregated statistics, like a plain BatchNorm3d.
     plain = nn.BatchNorm3d(C, momentum=momentum)
@@ -200,7 +200,7 @@ def test_state_dict_equals_batchnorm3d():
     assert all(sd[k].shape == ref[k].shape for k in ref)
     plain.load_state_dict(sd, strict=True)
     bn.load_state_dict(ref, strict=True)
-    assert bn._split_mean is None  # loading resets the group statistics
+    assert bn.split_stats() is None  # loading resets the group statistics
 
     sync = SubBatchSyncBatchNorm(C, base_size=8)
     assert list(sync.state_dict()) == list(nn.SyncBatchNorm(C).state_dict())
@@ -228,9 +228,9 @@ def test_varying_batch_sizes():
         assert (bn.running_var > 0).all()
         groups = -(-n // 8)
         if groups == 1:
-            assert bn._split_mean is None
+            assert bn.split_stats() is None
         else:
-            assert bn._split_mean.shape == (groups, C)
+            assert bn.split_stats()[0].shape == (groups, C)
     assert int(bn.num_batches_tracked) == 6
 
 

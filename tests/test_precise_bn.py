@@ -117,7 +117,7 @@ def test_sub_batch_bn_layer():
     torch.testing.assert_close(bn.running_var,
                                torch.stack(variances).mean(0),
                                atol=1e-5, rtol=1e-5)
-    assert bn._split_mean is None  # next training step starts from these
+    assert bn.split_stats() is None  # next training step starts from these
     assert bn.momentum == 0.1
 
 

@@ -1,6 +1,7 @@
 """Tests of MultiGridLR on a real optimizer, stepped iteration by
 iteration as MMEngine's ParamSchedulerHook does."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -54,6 +55,10 @@ def _lengths(num_epochs):
     return [2 + (e % 3) for e in range(num_epochs)]  # 2, 3, 4 iterations
 
 
+def _epochs(lengths):
+    return functools.partial(fractional_epoch, epoch_lengths=lengths)
+
+
 def _run(sched, optim, num_steps):
     lrs = []
     for _ in range(num_steps):
@@ -71,8 +76,8 @@ def test_lr_every_iteration(schedule, points, rel, warmup):
     max_epochs = 150 if schedule is I3D else 384
     lengths = _lengths(max_epochs)
     optim = _optim()
-    sched = MultiGridLR(optim, schedule=copy.deepcopy(schedule))
-    sched.set_epoch_lengths(lengths)
+    sched = MultiGridLR(optim, schedule=copy.deepcopy(schedule),
+        epoch_of_step=_epochs(lengths))
     lrs = _run(sched, optim, sum(lengths))
     k = 0
     for epoch, n in enumerate(lengths):
@@ -86,8 +91,8 @@ def test_lr_every_iteration(schedule, points, rel, warmup):
 def test_warmup_is_per_iteration_and_steps_at_epoch_boundaries():
     lengths = _lengths(384)
     optim = _optim()
-    sched = MultiGridLR(optim, schedule=copy.deepcopy(SLOWFAST))
-    sched.set_epoch_lengths(lengths)
+    sched = MultiGridLR(optim, schedule=copy.deepcopy(SLOWFAST),
+        epoch_of_step=_epochs(lengths))
     lrs = _run(sched, optim, sum(lengths))
     starts = [sum(lengths[:e]) for e in range(len(lengths))]
     # Start of warm-up: start_factor * base; inside epoch 0 it grows.
@@ -111,33 +116,41 @@ def test_state_dict_and_resume():
     early = 7  # inside the warm-up
 
     ref_optim = _optim()
-    ref = MultiGridLR(ref_optim, schedule=copy.deepcopy(SLOWFAST))
-    ref.set_epoch_lengths(lengths)
+    ref = MultiGridLR(ref_optim, schedule=copy.deepcopy(SLOWFAST),
+        epoch_of_step=_epochs(lengths))
     ref_lrs = _run(ref, ref_optim, total)
 
     for stop in (early, half):
         optim = _optim()
-        sched = MultiGridLR(optim, schedule=copy.deepcopy(SLOWFAST))
-        sched.set_epoch_lengths(lengths)
+        sched = MultiGridLR(optim, schedule=copy.deepcopy(SLOWFAST),
+            epoch_of_step=_epochs(lengths))
         first = _run(sched, optim, stop)
         state = sched.state_dict()
-        assert 'schedule' not in state
+        assert 'schedule' not in state and 'epoch_of_step' not in state
         optim_state = copy.deepcopy(optim.state_dict())
         state = copy.deepcopy(state)
 
         # Resume in the Runner's order: build optimizer and scheduler, then
         # load the optimizer state and the scheduler state.
         new_optim = _optim()
-        new = MultiGridLR(new_optim, schedule=copy.deepcopy(SLOWFAST))
+        new = MultiGridLR(new_optim, schedule=copy.deepcopy(SLOWFAST),
+                          epoch_of_step=_epochs(lengths))
         new_optim.load_state_dict(optim_state)
         new.load_state_dict(state)
-        new.set_epoch_lengths(lengths)
         rest = _run(new, new_optim, total - stop)
         assert first + rest == pytest.approx(ref_lrs, rel=1e-12)
 
 
 def test_needs_begin_zero_and_iteration_based():
+    epochs = _epochs([1] * 150)
     with pytest.raises(ValueError):
-        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D), begin=5)
+        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D), begin=5,
+                    epoch_of_step=epochs)
     with pytest.raises(ValueError):
-        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D), by_epoch=True)
+        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D), by_epoch=True,
+                    epoch_of_step=epochs)
+
+
+def test_needs_the_epoch_mapping():
+    with pytest.raises(ValueError, match='epoch_of_step'):
+        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D))
