@@ -1,7 +1,7 @@
 """End-to-end speedup of multigrid training over the stock stepwise run.
 
 Trains the shipped demo config (an I3D-structured ResNet3d-18, 16 base
-channels, 16x2 clips at 64x64) twice on the same generated data set, through
+channels, 16x1 clips at 64x64) twice on the same generated data set, through
 the real MMEngine Runner, side by side in one invocation:
 
 - *stock*: the config without ``custom_imports``/``multi_grid`` (a plain
