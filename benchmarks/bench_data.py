@@ -2,7 +2,7 @@
 
 For ``VideoDataset`` (decord) and ``RawframeDataset`` on the data set of
 ``bench_train.py`` (generated 96x128 clips of 48 frames), the demo config's
-train pipeline (16x2 clips, Resize(-1, 72), MultiScaleCrop 64, Resize 64x64)
+train pipeline (16x1 clips, Resize(-1, 72), MultiScaleCrop 64, Resize 64x64)
 is loaded through a torch ``DataLoader`` over ``MultiGridDataset`` whose
 batches carry ``ShapedIndex`` indices of one shape at a time, with 1 and 2
 workers. Two pipelines per shape:
@@ -10,8 +10,8 @@ workers. Two pipelines per shape:
 - ``package``: what ``MultiGridDataset`` runs (``reshape_pipeline``: fewer
   frames decoded, early Resize and crop scaled to the shape);
 - ``naive``: the same clip length and interval, but the stock early Resize
-  and crop at full size, only the last Resize shrinks to the shape (the
-  "before" of the data-path work).
+  and crop at full size, only the last Resize shrinks to the shape (what
+  rescaling only the output would cost, for comparison).
 
 ``--profile`` also times each transform in-process (no workers) at the
 default and the smallest shape, to show where a clip's time goes.

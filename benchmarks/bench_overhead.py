@@ -1,7 +1,7 @@
 """Per-iteration overhead of the multigrid sampler, wrapper and hook at the
 default shape, against the stock pipeline.
 
-On the demo config (ResNet3d-18 with 16 base channels, 16x2 clips at 64x64,
+On the demo config (ResNet3d-18 with 16 base channels, 16x1 clips at 64x64,
 batch 4) and the generated video set of ``bench_train.py``:
 
 1. loop: ``N`` iterations of data loading (DataLoader, 2 workers) plus a

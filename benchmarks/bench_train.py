@@ -1,7 +1,7 @@
 """End-to-end speedup of multigrid training over the stock stepwise run.
 
 Trains the shipped demo config (an I3D-structured ResNet3d-18, 16 base
-channels, 16x2 clips at 64x64) twice on the same generated data set, through
+channels, 16x1 clips at 64x64) twice on the same generated data set, through
 the real MMEngine Runner, side by side in one invocation:
 
 - *stock*: the config without ``custom_imports``/``multi_grid`` (a plain
@@ -14,10 +14,10 @@ data-loading share (``data_time / time`` of MMEngine's ``IterTimerHook``) per
 long-cycle stage, and the final validation top-1; then the speedup against
 the schedule's compute ceiling (``1 / compute_ratio``). Per-iteration
 time/loss and per-validation accuracy go to
-``benchmarks/results/train_<data>.json``; ``--plot`` draws
-``benchmarks/results/train_curves.png`` from those files.
+``work_dirs/benchmarks/train_<data>.json``; a run without ``--tag`` (or
+``--plot-only``) draws ``work_dirs/benchmarks/train_curves.png`` from them.
 
-    python benchmarks/bench_train.py      # the README's table, seed 0
+    python benchmarks/bench_train.py      # docs/benchmarks.md's table, seed 0
     python benchmarks/bench_train.py --seed 1 --tag _seed1
     python benchmarks/bench_train.py --plot-only
 """
@@ -42,7 +42,7 @@ from mmaction_multigrid.cli import (DEMO_CONFIG, config_schedule,  # noqa
                                     load_config)
 from mmaction_multigrid.synthetic import dataset_cfg, make_dataset  # noqa
 
-RESULTS = osp.join(HERE, 'results')
+RESULTS = osp.join(osp.dirname(HERE), 'work_dirs', 'benchmarks')
 
 
 @HOOKS.register_module(force=True)

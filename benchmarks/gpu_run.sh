@@ -1,10 +1,12 @@
 #!/bin/bash
 # The device checks and benchmarks for a lent GPU machine, in one call
-# (notes/results.md, "GPU"). The machine has Python, PyTorch and CUDA but no
-# package index: the MMEngine/MMAction2 stack travels as wheels in .whl/
-# (downloaded beforehand with `pip download`, see notes/results.md); the
-# machine's own NumPy 2 stays (its SciPy needs it), so stock pipelines with
-# ColorJitter fail there (environment trap, see README "Install").
+# (docs/benchmarks.md, "GPU"). The machine has Python, PyTorch and CUDA but no
+# package index: the MMEngine/MMAction2 stack travels as wheels in .whl/,
+# downloaded beforehand with `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 --platform manylinux2014_x86_64 mmengine==0.10.7
+# mmcv-lite==2.0.1 mmaction2==1.1.0 decord==0.6.0 addict termcolor yapf
+# platformdirs`; the machine's own NumPy 2 stays (its SciPy needs it), so
+# stock pipelines with ColorJitter fail there (see README "Install").
 # Logs and result JSONs go to $OUT (default /tmp/gpu_out).
 #
 #     bash benchmarks/gpu_run.sh [SECONDS]
@@ -48,7 +50,7 @@ step shapes-plain 90 python3 benchmarks/bench_shapes.py --stock-batch 8 --plain-
 step train 300 python3 benchmarks/bench_train.py --data video rawframes \
     --epochs 30 --videos-per-class 64 --val-per-class 32 --workers 8 \
     --tag _gpu --work-dir /tmp/bench_train
-cp benchmarks/results/train_*_gpu.json "$out"/ 2>/dev/null
+cp work_dirs/benchmarks/train_*_gpu.json "$out"/ 2>/dev/null
 # The whole suite, with the model on the GPU wherever the Runner puts it
 # (two-process tests need two GPUs and are left out).
 step suite 600 python3 -m pytest -q -p no:cacheprovider -n 8 \
