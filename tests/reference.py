@@ -92,3 +92,33 @@ def epoch_batches(n, cycle_sizes, drop_last=True):
         seen += cycle_sizes[count % len(cycle_sizes)]
         count += 1
     return count
+
+
+LONG = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1))
+SHORT = (0.5, 0.5**0.5)
+
+
+def expected_run(n_train, T, S, B, E, milestones, base_lr, warmup=0,
+                 long_on=True, short_on=True, epoch_factor=1.5,
+                 long_factors=LONG, drop_last=True, gamma=0.1):
+    """[(epoch, iter, backbone input shape, lr)] of a whole run.
+
+    ``n_train`` samples per GPU, square default size ``S``, per-GPU stock
+    batch ``B``.
+    """
+    if long_on:
+        sched = long_cycle(T, (S, S), E, milestones, long_factors, SHORT,
+                           short_on, epoch_factor)
+    else:
+        sched = short_only(T, (S, S), E, milestones, epoch_factor)
+    rows = []
+    for epoch in range(sched[-1][2]):
+        _, base = base_at(sched, epoch)
+        cycle = batches(B, base, (S, S), SHORT, short_on)
+        n = epoch_batches(n_train, [c[0] for c in cycle], drop_last)
+        for i in range(n):
+            size, (h, w) = cycle[i % len(cycle)]
+            lr = base_lr * lr_factor(epoch + i / n, sched, gamma,
+                                     len(milestones), long_on, warmup)
+            rows.append((epoch, i, [size, 3, base[1], h, w], lr))
+    return rows

@@ -14,7 +14,7 @@ from conftest import TESTS, toy_config
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-from mmaction_multigrid.schedule import MultiGridSchedule
+import reference as ref
 from probes import TINY_I3D, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
@@ -25,8 +25,6 @@ WORLD = 2
 # process with the doubled batch computes exactly what the two ranks do.
 MULTI_GRID = dict(long_cycle_factors=((0.5, 1), (1, 1)), bn_base_size=1,
                   precise_bn=dict(num_iters=2))
-SCHEDULE = dict(clip_len=32, frame_interval=1, size=32, max_epochs=2,
-                milestones=[1], long_cycle_factors=((0.5, 1), (1, 1)))
 
 
 def config(videos, work_dir, batch_size, distributed):
@@ -128,13 +126,9 @@ def runs(videos, tmp_path_factory):
 def test_ranks_step_together(runs):
     ddp, _ = runs
     ranks = [read_samples(ddp, r) for r in range(WORLD)]
-    schedule = MultiGridSchedule(batch_size=1, **SCHEDULE)
-    want = []
-    for epoch in range(schedule.max_epochs):
-        shapes = schedule.batch_shapes(epoch)
-        for i in range(schedule.num_batches(epoch, 16 // WORLD)):
-            s = shapes[i % len(shapes)]
-            want.append((epoch, i, [s.batch_size, 3, s.clip_len, *s.size]))
+    want = [row[:3] for row in ref.expected_run(
+        16 // WORLD, 32, 32, 1, 2, [1], 1e-5,
+        long_factors=MULTI_GRID['long_cycle_factors'])]
     assert [sum(w[0] == e for w in want) for e in range(3)] == [1, 3, 3]
     for records in ranks:
         # Per-GPU batch sizes, same iterations and short-cycle phase.

@@ -1,7 +1,9 @@
 """Resume: a multigrid run killed with SIGKILL anywhere in the schedule and
 restarted with ``tools/train.py CONFIG --resume`` continues exactly as the
 uninterrupted run (same shapes, batch sizes, LR, sample order, final
-weights); resuming foreign checkpoints says what it does."""
+weights), with 2 persistent data workers as without workers; resuming
+foreign checkpoints says what it does. Expected shapes and LRs come from
+``tests/reference.py``."""
 import os
 import os.path as osp
 import random
@@ -15,7 +17,7 @@ from conftest import TESTS, TOOLS, toy_config
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-from mmaction_multigrid.schedule import MultiGridSchedule
+import reference as ref
 from probes import TINY_I3D, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
@@ -25,15 +27,35 @@ I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 # between two checkpoints. Default multi_grid (no precise BN), so sub-batch
 # BN groups carry statistics across checkpoints; validation every epoch
 # draws random numbers between a checkpoint and the next epoch.
-SCHEDULE = dict(clip_len=32, frame_interval=1, size=32, max_epochs=4,
-                milestones=[2, 3])
+LONG = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1))
+SHORT = (0.5, 0.5**0.5)
 
 
-def resume_config(videos, multi_grid=None, checkpoint_interval=2):
+def reference(epoch_factor=1.5):
+    """The reference schedule of this toy run: stage entries, and per epoch
+    the short cycle of (batch, size) and the number of iterations."""
+    sched = ref.long_cycle(32, (32, 32), 4, [2, 3], LONG, SHORT, True,
+                           epoch_factor)
+    cycles = [ref.batches(1, ref.base_at(sched, e)[1], (32, 32), SHORT, True)
+              for e in range(sched[-1][2])]
+    lengths = [ref.epoch_batches(16, [c[0] for c in cycle])
+               for cycle in cycles]
+    return sched, cycles, lengths
+
+
+def reference_lr(sched, epoch):
+    return 0.001 * ref.lr_factor(epoch, sched, 0.1, 2, True)
+
+
+def resume_config(videos, multi_grid=None, checkpoint_interval=2,
+                  workers=2):
+    """The toy run; with ``workers``, persistent data workers."""
     cfg = toy_config(
         I3D, videos, multi_grid=multi_grid or dict(),
         options=dict(TINY_I3D, **{
-            'default_hooks.checkpoint.interval': checkpoint_interval}))
+            'default_hooks.checkpoint.interval': checkpoint_interval,
+            'train_dataloader.num_workers': workers,
+            'train_dataloader.persistent_workers': workers > 0}))
     cfg.custom_imports['imports'].append('probes')
     cfg.custom_hooks += [dict(type='SampleRecorder'), dict(type='KillAt')]
     with_filenames(cfg)
@@ -56,25 +78,50 @@ def train_tool(config, work_dir, resume=False, kill_at=None):
 
 def kill_points(seed=0):
     """One random (epoch, iter) in every stage that has epochs."""
-    schedule = MultiGridSchedule(**SCHEDULE)
-    lengths = [schedule.num_batches(e, 16) for e in range(6)]
+    sched, _, lengths = reference()
+    stage_of = [min(i for i, s in enumerate(sched) if s[2] > e)
+                for e in range(len(lengths))]
     rng = random.Random(seed)
     points = []
-    for stage in sorted({schedule.stage_index(e) for e in range(6)}):
-        epochs = [e for e in range(6) if schedule.stage_index(e) == stage]
-        epoch = rng.choice(epochs)
+    for stage in sorted(set(stage_of)):
+        epoch = rng.choice([e for e, s in enumerate(stage_of) if s == stage])
         points.append((epoch, rng.randrange(lengths[epoch])))
     return points
 
 
 @pytest.fixture(scope='module')
 def uninterrupted(videos, tmp_path_factory):
+    """The run with 2 persistent workers, uninterrupted."""
     root = tmp_path_factory.mktemp('resume')
     config = root / 'mg.py'
     resume_config(videos).dump(str(config))
     proc = train_tool(config, root / 'straight')
     assert proc.returncode == 0, proc.stderr[-3000:]
     return config, root / 'straight'
+
+
+def assert_same_weights(a_path, b_path, context=None):
+    a = torch.load(a_path, map_location='cpu')
+    b = torch.load(b_path, map_location='cpu')
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for key, value in a['state_dict'].items():
+        assert torch.equal(value, b['state_dict'][key]), (key, context)
+    for x, y in zip(a['optimizer']['state'].values(),
+                    b['optimizer']['state'].values()):
+        assert torch.equal(x['momentum_buffer'], y['momentum_buffer'])
+
+
+def test_workers_do_not_change_the_run(uninterrupted, videos, tmp_path):
+    """Every sample is seeded from its place in the run: without workers,
+    the same batches and the same final weights, bit for bit."""
+    _, straight = uninterrupted
+    config = tmp_path / 'mg0.py'
+    resume_config(videos, workers=0).dump(str(config))
+    proc = train_tool(config, tmp_path / 'no_workers')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_samples(tmp_path / 'no_workers') == read_samples(straight)
+    assert_same_weights(straight / 'epoch_6.pth',
+                        tmp_path / 'no_workers' / 'epoch_6.pth')
 
 
 def by_step(records):
@@ -105,14 +152,8 @@ def test_killed_anywhere_resumes_exactly(uninterrupted, tmp_path):
     assert logs.count('resumed epoch: 2') >= 1, points
     assert logs.count('resumed epoch: 4') >= 1, points
 
-    a = torch.load(straight / 'epoch_6.pth', map_location='cpu')
-    b = torch.load(work / 'epoch_6.pth', map_location='cpu')
-    assert a['state_dict'].keys() == b['state_dict'].keys()
-    for key, value in a['state_dict'].items():
-        assert torch.equal(value, b['state_dict'][key]), (key, points)
-    for x, y in zip(a['optimizer']['state'].values(),
-                    b['optimizer']['state'].values()):
-        assert torch.equal(x['momentum_buffer'], y['momentum_buffer'])
+    assert_same_weights(straight / 'epoch_6.pth', work / 'epoch_6.pth',
+                        points)
 
 
 def test_checkpoint_keeps_multigrid_state(uninterrupted):
@@ -171,12 +212,11 @@ def test_resume_checkpoint_without_plugin(videos, tmp_path):
     assert 'from epoch 1' in log
     # 16 stock iterations done, where multigrid epoch 0 has 1: the LR
     # follows the epoch, not the iteration count.
-    schedule = MultiGridSchedule(**SCHEDULE)
-    first = schedule.batch_shapes(1)[0]
+    sched, cycles, _ = reference()
+    batch, size = cycles[1][0]
     assert seen['epoch'] == 1
-    assert seen['shape'] == [first.batch_size, 3, first.clip_len,
-                             *first.size]
-    assert seen['lr'] == pytest.approx(0.001 * schedule.lr_factor(1))
+    assert seen['shape'] == [batch, 3, ref.base_at(sched, 1)[1][1], *size]
+    assert seen['lr'] == pytest.approx(reference_lr(sched, 1))
 
 
 def test_resume_with_other_settings(uninterrupted, videos, tmp_path):
@@ -188,6 +228,6 @@ def test_resume_with_other_settings(uninterrupted, videos, tmp_path):
     seen, log = _run_until_first_iter(cfg)
     assert 'other multigrid settings (epoch_factor differ)' in log
     assert 'continues from epoch 4' in log
-    schedule = MultiGridSchedule(**SCHEDULE, epoch_factor=2.0)
+    sched, _, _ = reference(epoch_factor=2.0)
     assert seen['epoch'] == 4
-    assert seen['lr'] == pytest.approx(0.001 * schedule.lr_factor(4))
+    assert seen['lr'] == pytest.approx(reference_lr(sched, 4))

@@ -14,15 +14,13 @@ from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid import convert_config
-from mmaction_multigrid.schedule import MultiGridSchedule
 from mmaction_multigrid.synthetic import make_dataset
+import reference as ref
 from probes import TINY_I3D, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 # Stock E=2, milestone 1: three multigrid epochs at per-GPU batches
 # [16, 8, 8], [8, 4, 2] and [4, 2, 1] clips (batch_size=1).
-SCHEDULE = dict(clip_len=32, frame_interval=1, size=32, max_epochs=2,
-                milestones=[1])
 
 
 def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
@@ -39,16 +37,12 @@ def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
     return cfg
 
 
-def scheduled(n_samples, batch_size=1, drop_last=True):
-    """[(epoch, iter, shape)] the schedule gives for ``n_samples``."""
-    schedule = MultiGridSchedule(batch_size=batch_size, **SCHEDULE)
-    rows = []
-    for epoch in range(schedule.max_epochs):
-        shapes = schedule.batch_shapes(epoch)
-        for i in range(schedule.num_batches(epoch, n_samples, drop_last)):
-            s = shapes[i % len(shapes)]
-            rows.append((epoch, i, [s.batch_size, 3, s.clip_len, *s.size]))
-    return rows
+def scheduled(n_samples, batch_size=1, drop_last=True, lr=False):
+    """[(epoch, iter, shape)] the reference gives for ``n_samples`` (and
+    the LR with ``lr``)."""
+    rows = ref.expected_run(n_samples, 32, 32, batch_size, 2, [1], 0.001,
+                            drop_last=drop_last)
+    return rows if lr else [row[:3] for row in rows]
 
 
 def log_text(runner):
@@ -191,12 +185,8 @@ def test_auto_scale_lr_composes_with_multigrid_lr(videos, tmp_path):
     runner = Runner.from_cfg(cfg)
     runner.train()
     got = read_samples(tmp_path)
-    schedule = MultiGridSchedule(**SCHEDULE)
-    lengths = [schedule.num_batches(e, 16) for e in range(3)]
-    assert len(got) == sum(lengths)
-    for r in got:
-        factor = schedule.lr_factor(r['epoch'] +
-                                    r['iter'] / lengths[r['epoch']])
-        assert r['lr'] == pytest.approx(0.001 * (1 * 1 / 4) * factor,
-                                        rel=1e-9)
+    want = scheduled(16, lr=True)
+    assert len(got) == len(want)
+    for r, w in zip(got, want):
+        assert r['lr'] == pytest.approx(w[3] * (1 * 1 / 4), rel=1e-9)
     assert 'Scaling the original LR by 0.25' in log_text(runner)

@@ -14,30 +14,7 @@ from mmengine.runner import Runner
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 import reference as ref
 
-LONG = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1))
-SHORT = (0.5, 0.5**0.5)
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
-
-
-def expected_run(n_train, T, S, B, E, milestones, base_lr, warmup=0,
-                 long_cycle=True, short_cycle=True, epoch_factor=1.5):
-    """[(epoch, iter, backbone input shape, lr)] per the reference."""
-    if long_cycle:
-        sched = ref.long_cycle(T, (S, S), E, milestones, LONG, SHORT,
-                               short_cycle, epoch_factor)
-    else:
-        sched = ref.short_only(T, (S, S), E, milestones, epoch_factor)
-    rows = []
-    for epoch in range(sched[-1][2]):
-        _, base = ref.base_at(sched, epoch)
-        cycle = ref.batches(B, base, (S, S), SHORT, short_cycle)
-        n = ref.epoch_batches(n_train, [c[0] for c in cycle])
-        for i in range(n):
-            size, (h, w) = cycle[i % len(cycle)]
-            lr = base_lr * ref.lr_factor(epoch + i / n, sched, 0.1,
-                                         len(milestones), long_cycle, warmup)
-            rows.append((epoch, i, [size, 3, base[1], h, w], lr))
-    return rows
 
 
 def recorded(work_dir):
@@ -89,7 +66,7 @@ def test_stock_config_follows_reference(stock, kw, request, tmp_path):
     cfg = toy_config(stock, data, work_dir=str(tmp_path), multi_grid={},
                      **kw)
     runner = train(cfg)
-    want = expected_run(16 * batch, kw['clip_len'], 32, batch, 4, [2, 3],
+    want = ref.expected_run(16 * batch, kw['clip_len'], 32, batch, 4, [2, 3],
                         0.001, warmup=kw.get('warmup', 0))
     assert_matches(recorded(tmp_path), want)
     assert runner.max_epochs == want[-1][0] + 1 == runner.epoch
@@ -108,8 +85,8 @@ def test_modes_and_rawframes(long_cycle, short_cycle, data, request,
                      multi_grid=dict(long_cycle=long_cycle,
                                      short_cycle=short_cycle))
     train(cfg)
-    want = expected_run(16, 32, 32, 1, 4, [2, 3], 0.001,
-                        long_cycle=long_cycle, short_cycle=short_cycle)
+    want = ref.expected_run(16, 32, 32, 1, 4, [2, 3], 0.001,
+                        long_on=long_cycle, short_on=short_cycle)
     assert_matches(recorded(tmp_path), want)
 
 
@@ -139,7 +116,7 @@ def test_tools_train_uses_converted_config(videos, tmp_path):
          '--work-dir', str(work)], env=env, capture_output=True, text=True,
         timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    want = expected_run(16, 32, 32, 1, 3, [2], 0.001, short_cycle=False)
+    want = ref.expected_run(16, 32, 32, 1, 3, [2], 0.001, short_on=False)
     assert_matches(recorded(work), want)
     dumped = (work / 'i3d_multigrid.py').read_text()
     assert "type='MultiGridDataset'" in dumped
