@@ -5,6 +5,8 @@ The short-cycle batch sampler yields :class:`ShapedIndex` tuples; this
 wrapper (running in the DataLoader workers) swaps in the wrapped dataset's
 pipeline for that shape and loads the sample. Nothing is kept between
 samples, so any number of workers and ``persistent_workers=True`` work.
+An index may also carry the sample's seed (see :mod:`.seeding`): the sample
+is then augmented the same whichever process loads it.
 """
 import copy
 import logging
@@ -15,6 +17,7 @@ from mmengine.dataset import BaseDataset, Compose
 from mmengine.logging import print_log
 
 from .pipeline import reshape_pipeline
+from .seeding import seeded
 
 
 class ShapedIndex(NamedTuple):
@@ -26,12 +29,15 @@ class ShapedIndex(NamedTuple):
         frame_interval: Temporal stride.
         height: Output height.
         width: Output width.
+        seed: Seed of the sample's augmentation random numbers; None draws
+            them from the loading process's streams. Defaults to None.
     """
     index: int
     clip_len: int
     frame_interval: int
     height: int
     width: int
+    seed: Optional[int] = None
 
 
 class SkipBroken:
@@ -98,7 +104,10 @@ class MultiGridDataset:
         one is fetched with the same shape, see :class:`SkipBroken`.
         Plain integer indices (validation, precise BN, a stock sampler) load
         the default shape with the stock pipeline. A pipeline is built once
-        per distinct shape per process, on first use.
+        per distinct shape per process, on first use. A :class:`ShapedIndex`
+        with a ``seed`` loads its sample (refetches of skipped samples
+        included) with Python, NumPy and torch CPU random numbers seeded by
+        it.
     """
 
     def __init__(self, dataset: Union[dict, BaseDataset],
@@ -135,7 +144,7 @@ class MultiGridDataset:
 
     def _pipeline(self, leaf: int, shape: ShapedIndex) -> SkipBroken:
         """Pipeline of leaf dataset ``leaf`` for ``shape`` (cached)."""
-        key = (leaf, shape._replace(index=0))
+        key = (leaf, shape._replace(index=0, seed=None))
         if key not in self._pipelines:
             cfg = reshape_pipeline(self._leaves[leaf][1], shape.clip_len,
                                    shape.frame_interval,
@@ -152,4 +161,5 @@ class MultiGridDataset:
         for i, (leaf, _) in enumerate(self._leaves):
             leaf.pipeline = (self._stock[i] if shape is None else
                              self._pipeline(i, shape))
-        return self.dataset[idx]
+        with seeded(None if shape is None else shape.seed):
+            return self.dataset[idx]
