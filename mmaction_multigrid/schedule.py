@@ -170,8 +170,9 @@ class MultiGridSchedule:
         self.short_cycle_factors = list(short_cycle_factors)
         self.epoch_factor = epoch_factor
         if not long_cycle and not short_cycle:
-            raise ValueError('multi_grid: `long_cycle` and `short_cycle` are '
-                             'both False; enable at least one of them.')
+            raise ValueError('multi_grid.long_cycle and multi_grid.'
+                             'short_cycle are both False; enable at least '
+                             'one of them.')
         if not self.stock_milestones:
             raise ValueError(
                 'multi_grid needs a step LR schedule: the stock '
@@ -188,8 +189,40 @@ class MultiGridSchedule:
                 Stage(i, self.default_shape, end) for i, end in enumerate(
                     self.milestones + [self.max_epochs])
             ]
+        self._check_nonempty()
         # Read every iteration by the LR scheduler: computed once.
         self._lr_points = self._compute_lr_points()
+
+    def _check_nonempty(self) -> None:
+        """Fail on a schedule without epochs or with an empty batch.
+
+        Frames and sizes of 0 are refused where the shapes are made
+        (:meth:`_shape`); the short-cycle batch ``k * b`` can still be 0:
+        ``k = round((s_base / (f * S))**2)`` is 0 when a long-cycle crop
+        is below about ``0.71 * f * S``.
+
+        Raises:
+            ValueError: naming the ``multi_grid`` key and the fix.
+        """
+        if self.max_epochs < 1:
+            raise ValueError(
+                f'multi_grid.epoch_factor={self.epoch_factor!r} gives 0 '
+                f'epochs for max_epochs={self.stock_max_epochs}; use a '
+                'larger epoch_factor.')
+        for stage in self.stages:
+            for (batch, size), factor in zip(
+                    self.short_cycle_sizes(stage.shape),
+                    self.short_cycle_factors):
+                if batch < 1:
+                    raise ValueError(
+                        'multi_grid.long_cycle_factors: the long-cycle crop '
+                        f'{stage.shape.size} gives short-cycle batches of 0 '
+                        f'clips at {size} (short_cycle_factors {factor:.4g}:'
+                        f' k = round(({stage.shape.size[0]} / ({factor:.4g}'
+                        f' * {self.size[0]}))**2) = 0). Use s_factors above '
+                        f'{factor * 0.5**0.5:.3g}, smaller '
+                        'multi_grid.short_cycle_factors, or '
+                        'short_cycle=False.')
 
     # ----------------------------------------------------------- shapes --
     def _scaled_size(self, factor: float) -> Tuple[float, float]:
