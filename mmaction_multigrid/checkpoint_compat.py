@@ -6,10 +6,10 @@ MMEngine 0.10.7 loads checkpoints with that default, but its checkpoints
 hold more (checked with torch 2.13 and MMEngine 0.10.7, NumPy 1.26):
 
 - ``message_hub``: one ``mmengine.logging.HistoryBuffer`` per logged scalar,
-  holding NumPy ``float64`` and ``int64`` arrays (values and counts) and, through ``HistoryBuffer``'s
-  ``__getstate__``, its statistics methods, pickled as
-  ``getattr(HistoryBuffer, 'min')`` and so on; ``runtime_info`` holds NumPy
-  scalars (the ETA);
+  holding NumPy ``float64`` and ``int64`` arrays (values and counts) and,
+  through ``HistoryBuffer``'s ``__getstate__``, its statistics methods,
+  pickled as ``getattr(HistoryBuffer, 'min')`` and so on; ``runtime_info``
+  holds NumPy scalars (the ETA);
 - this plugin's ``'multi_grid'`` entry: NumPy's random state (a ``uint32``
   array).
 
