@@ -1,10 +1,13 @@
 """Multigrid training (Wu et al., CVPR 2020) for MMAction2 1.x / MMEngine.
 
-Importing the package registers its components into MMAction2's registries
-and installs the switch that trains configs with ``multi_grid`` the
-multigrid way (see :mod:`mmaction_multigrid.runner`).
+Importing the package registers its components into MMAction2's registries,
+installs the switch that trains configs with ``multi_grid`` the multigrid
+way (see :mod:`mmaction_multigrid.runner`) and lets ``torch.load``'s
+weights-only check accept MMEngine's checkpoints (see
+:mod:`mmaction_multigrid.checkpoint_compat`).
 """
 from .bn import SubBatchNorm3d, convert_sub_batch_bn
+from .checkpoint_compat import allow_mmengine_checkpoints
 from .collate import multigrid_collate
 from .convert import convert_config, validate_options
 from .datasets import MultiGridDataset, ShapedIndex
@@ -19,11 +22,12 @@ from .schedulers import MultiGridLR
 from .version import __version__
 
 install_switch()
+allow_mmengine_checkpoints()
 
 __all__ = [
     'ExactResumeHook', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
     'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex',
-    'PreciseBNHook', 'ShortCycleBatchSampler',
-    'SubBatchNorm3d', 'convert_config', 'convert_sub_batch_bn',
+    'PreciseBNHook', 'ShortCycleBatchSampler', 'SubBatchNorm3d',
+    'allow_mmengine_checkpoints', 'convert_config', 'convert_sub_batch_bn',
     'install_switch', 'multigrid_collate', 'validate_options', '__version__'
 ]

@@ -5,6 +5,7 @@ config whose train dataloader, LR schedule, epochs and hooks implement the
 multigrid schedule, and leaves the input untouched.
 """
 import copy
+import math
 import numbers
 from typing import List, Optional, Tuple
 
@@ -34,7 +35,15 @@ def _fail(key: str, message: str) -> None:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A finite real number; bools (ints in Python) are not numbers here."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_count(value) -> bool:
+    """A positive int that is not a bool."""
+    return (isinstance(value, numbers.Integral)
+            and not isinstance(value, bool) and value >= 1)
 
 
 def _check_factor(key: str, value) -> None:
@@ -67,8 +76,8 @@ def validate_options(options: dict) -> dict:
         if not isinstance(opts[key], bool):
             _fail(key, f'must be True or False, got {opts[key]!r}.')
     if not opts['long_cycle'] and not opts['short_cycle']:
-        raise ValueError('multi_grid: long_cycle and short_cycle are both '
-                         'False; enable at least one of them.')
+        raise ValueError('multi_grid.long_cycle and multi_grid.short_cycle '
+                         'are both False; enable at least one of them.')
     factors = opts['long_cycle_factors']
     if (not isinstance(factors, (list, tuple)) or not factors or not all(
             isinstance(f, (list, tuple)) and len(f) == 2 for f in factors)):
@@ -88,25 +97,23 @@ def validate_options(options: dict) -> dict:
               f'must be a positive number, got {opts["epoch_factor"]!r}.')
     size = opts['default_s']
     if size is not None and not (
-            isinstance(size, int) and size > 0 or isinstance(
-                size, (list, tuple)) and len(size) == 2 and all(
-                    isinstance(s, int) and s > 0 for s in size)):
+            _is_count(size) or isinstance(size, (list, tuple))
+            and len(size) == 2 and all(_is_count(s) for s in size)):
         _fail('default_s', 'must be a positive int or (height, width), got '
               f'{size!r}.')
     bn = opts['bn_base_size']
-    if bn not in ('auto', None) and not (isinstance(bn, int)
-                                         and not isinstance(bn, bool)
-                                         and bn >= 1):
+    if bn not in ('auto', None) and not _is_count(bn):
         _fail('bn_base_size', 'must be a positive int (clips per BN group), '
               f'None (plain BN), or left out, got {bn!r}.')
     precise = opts['precise_bn']
     if precise is not None and not (
             isinstance(precise, dict)
             and set(precise) <= {'num_iters', 'interval'}
-            and isinstance(precise.get('num_iters', 200), int)
-            and precise.get('num_iters', 200) >= 1):
+            and _is_count(precise.get('num_iters', 200))
+            and (precise.get('interval') is None
+                 or _is_count(precise['interval']))):
         _fail('precise_bn', 'must be None or dict(num_iters=N) with N >= 1 '
-              f'(and optionally interval=K epochs), got {precise!r}.')
+              f'(and optionally interval=K epochs, K >= 1), got {precise!r}.')
     return opts
 
 
@@ -297,7 +304,7 @@ def convert_config(cfg):
     _absorb_tutorial_steps(loader['dataset'], opts)
     args = schedule_args(cfg, opts)
     batch_size = loader['batch_size']
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_count(batch_size):
         raise ValueError('train_dataloader.batch_size must be a positive '
                          f'int, got {batch_size!r}.')
     schedule = MultiGridSchedule(batch_size=batch_size, **args)

@@ -5,6 +5,8 @@ The short-cycle batch sampler yields :class:`ShapedIndex` tuples; this
 wrapper (running in the DataLoader workers) swaps in the wrapped dataset's
 pipeline for that shape and loads the sample. Nothing is kept between
 samples, so any number of workers and ``persistent_workers=True`` work.
+An index may also carry the sample's seed (see :mod:`.seeding`): the sample
+is then augmented the same whichever process loads it.
 """
 import copy
 import logging
@@ -15,6 +17,7 @@ from mmengine.dataset import BaseDataset, Compose
 from mmengine.logging import print_log
 
 from .pipeline import reshape_pipeline
+from .seeding import seeded
 
 
 class ShapedIndex(NamedTuple):
@@ -26,38 +29,89 @@ class ShapedIndex(NamedTuple):
         frame_interval: Temporal stride.
         height: Output height.
         width: Output width.
+        seed: Seed of the sample's augmentation random numbers; None draws
+            them from the loading process's streams. Defaults to None.
     """
     index: int
     clip_len: int
     frame_interval: int
     height: int
     width: int
+    seed: Optional[int] = None
+
+
+class FailureCount:
+    """Failed samples of one process, shared by the pipelines of a dataset.
+
+    A dataset object is copied into every DataLoader worker, so the count is
+    per process: per worker, or the training process with
+    ``num_workers=0``.
+
+    Attributes:
+        succeeded: Whether a sample has loaded in this process.
+        consecutive: Failures since the last sample that loaded.
+    """
+
+    def __init__(self) -> None:
+        self.succeeded = False
+        self.consecutive = 0
 
 
 class SkipBroken:
-    """Pipeline wrapper that turns a failed sample into ``None``.
+    """Pipeline wrapper that skips a sample that fails to load, but stops
+    on what looks like a bug.
 
-    MMEngine's ``BaseDataset`` refetches a random other sample when the
-    pipeline returns ``None`` (up to ``max_refetch`` times), through the same
-    pipeline, so a corrupt or truncated video is skipped and the batch keeps
-    its shape. Every skip is logged with the file it came from.
+    A failing sample (a corrupt or truncated video, a missing frame) becomes
+    ``None``, with a warning naming its file and the error: MMEngine's
+    ``BaseDataset`` then loads a random other sample through the same
+    pipeline (up to ``max_refetch`` times), so the batch keeps its shape.
+
+    Failures that come in a row raise the pipeline's own error (a broken
+    transform, a wrong data root or decoder fails on every sample):
+
+    - before any sample has loaded in this process, the
+      :attr:`FAILURES_AT_START`-th consecutive failure raises;
+    - afterwards, the :attr:`FAILURES_IN_A_ROW`-th one does (a disk gone
+      mid-run), where a few corrupt files in a data set are far from it.
 
     Args:
         pipeline (Compose): The pipeline to guard.
+        failures (FailureCount): The count of this process, shared by the
+            pipelines of one dataset. Defaults to a new one.
     """
 
-    def __init__(self, pipeline: Compose) -> None:
+    FAILURES_AT_START = 3
+    FAILURES_IN_A_ROW = 10
+
+    def __init__(self, pipeline: Compose,
+                 failures: Optional[FailureCount] = None) -> None:
         self.pipeline = pipeline
+        self.failures = failures or FailureCount()
 
     def __call__(self, results: dict) -> Optional[dict]:
         source = results.get('filename', results.get('frame_dir'))
+        failures = self.failures
         try:
-            return self.pipeline(results)
+            data = self.pipeline(results)
         except Exception as error:  # decoders raise many types
+            failures.consecutive += 1
+            limit = (self.FAILURES_IN_A_ROW
+                     if failures.succeeded else self.FAILURES_AT_START)
+            if failures.consecutive >= limit:
+                print_log(
+                    f'{failures.consecutive} samples failed in a row'
+                    f'{"" if failures.succeeded else " before any loaded"},'
+                    f' the last {source}: stopping with its error (a '
+                    'pipeline or data-path problem, not a corrupt file).',
+                    logger='current', level=logging.ERROR)
+                raise
             print_log(f'Skipping unreadable sample {source}: '
                       f'{type(error).__name__}: {error}', logger='current',
                       level=logging.WARNING)
             return None
+        failures.succeeded = True
+        failures.consecutive = 0
+        return data
 
 
 def _leaves(cfg: dict, dataset) -> List[Tuple[object, list]]:
@@ -95,10 +149,14 @@ class MultiGridDataset:
 
     Note:
         A sample whose pipeline raises (a corrupt video) is skipped: another
-        one is fetched with the same shape, see :class:`SkipBroken`.
+        one is fetched with the same shape; failures in a row stop the run
+        with their own error, see :class:`SkipBroken`.
         Plain integer indices (validation, precise BN, a stock sampler) load
         the default shape with the stock pipeline. A pipeline is built once
-        per distinct shape per process, on first use.
+        per distinct shape per process, on first use. A :class:`ShapedIndex`
+        with a ``seed`` loads its sample (refetches of skipped samples
+        included) with Python, NumPy and torch CPU random numbers seeded by
+        it.
     """
 
     def __init__(self, dataset: Union[dict, BaseDataset],
@@ -111,7 +169,11 @@ class MultiGridDataset:
         self._cfg = copy.deepcopy(dataset)
         self.dataset = DATASETS.build(dataset)
         self._leaves = _leaves(self._cfg, self.dataset)
-        self._stock = [SkipBroken(leaf.pipeline) for leaf, _ in self._leaves]
+        self._failures = FailureCount()
+        self._stock = [
+            SkipBroken(leaf.pipeline, self._failures)
+            for leaf, _ in self._leaves
+        ]
         self._pipelines: Dict[Tuple[int, ShapedIndex], SkipBroken] = {}
         self._metainfo = copy.deepcopy(self.dataset.metainfo)
         self._fully_initialized = False
@@ -135,13 +197,13 @@ class MultiGridDataset:
 
     def _pipeline(self, leaf: int, shape: ShapedIndex) -> SkipBroken:
         """Pipeline of leaf dataset ``leaf`` for ``shape`` (cached)."""
-        key = (leaf, shape._replace(index=0))
+        key = (leaf, shape._replace(index=0, seed=None))
         if key not in self._pipelines:
             cfg = reshape_pipeline(self._leaves[leaf][1], shape.clip_len,
                                    shape.frame_interval,
                                    (shape.height, shape.width))
             self._pipelines[key] = SkipBroken(
-                Compose([TRANSFORMS.build(t) for t in cfg]))
+                Compose([TRANSFORMS.build(t) for t in cfg]), self._failures)
         return self._pipelines[key]
 
     def __getitem__(self, idx: Union[int, ShapedIndex, tuple]) -> dict:
@@ -152,4 +214,5 @@ class MultiGridDataset:
         for i, (leaf, _) in enumerate(self._leaves):
             leaf.pipeline = (self._stock[i] if shape is None else
                              self._pipeline(i, shape))
-        return self.dataset[idx]
+        with seeded(None if shape is None else shape.seed):
+            return self.dataset[idx]

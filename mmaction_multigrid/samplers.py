@@ -1,12 +1,13 @@
 """ShortCycleBatchSampler: per-GPU batches whose size and shape follow the
 multigrid schedule, iteration by iteration."""
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from mmaction.registry import DATA_SAMPLERS
 from torch.utils.data import BatchSampler, Sampler
 
 from .datasets import ShapedIndex
 from .schedule import MultiGridSchedule
+from .seeding import sample_seed
 
 
 @DATA_SAMPLERS.register_module()
@@ -17,7 +18,10 @@ class ShortCycleBatchSampler(BatchSampler):
     epoch's long-cycle shape (one size when short cycles are off), restarting
     the cycle every epoch. Every index of a batch is a
     :class:`~mmaction_multigrid.datasets.ShapedIndex` carrying the clip shape
-    of that batch.
+    of that batch and, when ``sampler`` has a ``seed`` (MMEngine's
+    ``DefaultSampler``: the run seed, kept in checkpoints), the seed of the
+    sample's augmentations, from that seed, the epoch and the sample's
+    position in the epoch (see :mod:`~mmaction_multigrid.seeding`).
 
     With ``drop_last`` an epoch has ``floor(n / mean(batch sizes))`` batches
     (the reference count); when the samples run out before that, the last
@@ -81,6 +85,7 @@ class ShortCycleBatchSampler(BatchSampler):
         """The batches of ``epoch``, in the sampler's current order."""
         shapes = self.schedule.batch_shapes(epoch)
         order = list(self.sampler)
+        seed = self._seeds(epoch)
         start = 0
         for k in range(self.num_batches(epoch)):
             shape = shapes[k % len(shapes)]
@@ -89,8 +94,25 @@ class ShortCycleBatchSampler(BatchSampler):
                 chunk = [order[i % len(order)] for i in range(start, stop)]
             else:
                 chunk = order[start:stop]
-            start = stop
             yield [
                 ShapedIndex(i, shape.clip_len, shape.frame_interval,
-                            *shape.size) for i in chunk
+                            *shape.size, seed(start + k))
+                for k, i in enumerate(chunk)
             ]
+            start = stop
+
+    def _seeds(self, epoch: int) -> Callable[[int], Optional[int]]:
+        """Position in this rank's epoch -> sample seed (None without a
+        sampler seed).
+
+        The position is taken in the epoch's global order: the ``k``-th
+        sample of rank ``r`` of ``w`` is sample ``k * w + r``, as
+        ``DefaultSampler`` deals them out, so ranks never share a seed.
+        """
+        base = getattr(self.sampler, 'seed', None)
+        if base is None:
+            return lambda position: None
+        rank = getattr(self.sampler, 'rank', 0)
+        world = getattr(self.sampler, 'world_size', 1)
+        return lambda position: sample_seed(base, epoch,
+                                            position * world + rank)

@@ -170,8 +170,9 @@ class MultiGridSchedule:
         self.short_cycle_factors = list(short_cycle_factors)
         self.epoch_factor = epoch_factor
         if not long_cycle and not short_cycle:
-            raise ValueError('multi_grid: `long_cycle` and `short_cycle` are '
-                             'both False; enable at least one of them.')
+            raise ValueError('multi_grid.long_cycle and multi_grid.'
+                             'short_cycle are both False; enable at least '
+                             'one of them.')
         if not self.stock_milestones:
             raise ValueError(
                 'multi_grid needs a step LR schedule: the stock '
@@ -188,8 +189,40 @@ class MultiGridSchedule:
                 Stage(i, self.default_shape, end) for i, end in enumerate(
                     self.milestones + [self.max_epochs])
             ]
+        self._check_nonempty()
         # Read every iteration by the LR scheduler: computed once.
         self._lr_points = self._compute_lr_points()
+
+    def _check_nonempty(self) -> None:
+        """Fail on a schedule without epochs or with an empty batch.
+
+        Frames and sizes of 0 are refused where the shapes are made
+        (:meth:`_shape`); the short-cycle batch ``k * b`` can still be 0:
+        ``k = round((s_base / (f * S))**2)`` is 0 when a long-cycle crop
+        is below about ``0.71 * f * S``.
+
+        Raises:
+            ValueError: naming the ``multi_grid`` key and the fix.
+        """
+        if self.max_epochs < 1:
+            raise ValueError(
+                f'multi_grid.epoch_factor={self.epoch_factor!r} gives 0 '
+                f'epochs for max_epochs={self.stock_max_epochs}; use a '
+                'larger epoch_factor.')
+        for stage in self.stages:
+            for (batch, size), factor in zip(
+                    self.short_cycle_sizes(stage.shape),
+                    self.short_cycle_factors):
+                if batch < 1:
+                    raise ValueError(
+                        'multi_grid.long_cycle_factors: the long-cycle crop '
+                        f'{stage.shape.size} gives short-cycle batches of 0 '
+                        f'clips at {size} (short_cycle_factors {factor:.4g}:'
+                        f' k = round(({stage.shape.size[0]} / ({factor:.4g}'
+                        f' * {self.size[0]}))**2) = 0). Use s_factors above '
+                        f'{factor * 0.5**0.5:.3g}, smaller '
+                        'multi_grid.short_cycle_factors, or '
+                        'short_cycle=False.')
 
     # ----------------------------------------------------------- shapes --
     def _scaled_size(self, factor: float) -> Tuple[float, float]:
@@ -236,7 +269,17 @@ class MultiGridSchedule:
         return all_shapes
 
     def _long_cycle_stages(self) -> List[Stage]:
-        """Long-cycle schedule, stretched to ``E * epoch_factor`` epochs."""
+        """Long-cycle schedule, stretched to ``E * epoch_factor`` epochs.
+
+        As PySlowFast's ``get_long_cycle_schedule``
+        (``slowfast/utils/multigrid.py``): one entry per LR stage and
+        long-cycle factor, then a fine-tuning entry at the base shape of the
+        LAST long-cycle entry (PySlowFast's ``all_shapes[-1][2]``, the third
+        of its short-cycle shapes). That is the default shape only when the
+        factors end in ``(1, 1)``. With short cycles off, PySlowFast's index
+        2 does not exist (IndexError); the last entry's only shape, its base
+        shape again, is used.
+        """
         all_shapes = self.long_cycle_shapes()
         avg_b = [sum(s.batch for s in shapes) / len(shapes)
                  for shapes in all_shapes]
@@ -250,7 +293,7 @@ class MultiGridSchedule:
         iter_saving = steps[-1] / iters if iters else 1.0
         ft_epochs = (self.stock_max_epochs -
                      steps[-1]) / iter_saving * avg_b[-1]
-        entries.append((len(steps) - 1, self.default_shape, ft_epochs))
+        entries.append((len(steps) - 1, all_shapes[-1][-1], ft_epochs))
         x = self.stock_max_epochs * self.epoch_factor / sum(
             e[2] for e in entries)
         stages, total = [], 0.0
@@ -325,19 +368,27 @@ class MultiGridSchedule:
         return list(self._lr_points[0]), list(self._lr_points[1])
 
     def _compute_lr_points(self) -> Tuple[List[int], List[float]]:
-        """:meth:`lr_points`, computed once in ``__init__``."""
+        """:meth:`lr_points`, computed once in ``__init__``.
+
+        With long cycles, as PySlowFast's ``init_multigrid``
+        (``slowfast/utils/multigrid.py``): the change points are ``[0]`` and
+        the entries' end epochs, the last one replaced by the middle of the
+        fine-tuning entry, ``(ends[-2] + ends[-1]) // 2``; the relative LR
+        of entry ``k`` is ``gamma**lr_stage_k * b_k``, and the list becomes
+        ``LRS[:-1] + [LRS[-2], LRS[-1]]``. So the fine-tuning entry's first
+        half runs at the LR of the entry before it, ``gamma**(n-1) *
+        b_last`` (``n`` milestones, ``b_last`` the batch multiplier of the
+        last long-cycle entry's base shape, 1 when the factors end in
+        ``(1, 1)``), and its second half at ``gamma**n * b_last``.
+        Short cycles only: the stretched stock steps.
+        """
         if not self.long_cycle:
             points = [0] + self.milestones
             return points, [self.gamma**i for i in range(len(points))]
         ends = [s.end_epoch for s in self.stages]
         points = [0] + ends[:-1] + [(ends[-2] + ends[-1]) // 2]
-        # The fine-tuning phase runs its first half at gamma**(n-1) and its
-        # second half at gamma**n (n milestones), at the default batch.
-        n = len(self.stock_milestones)
-        rel = [self.gamma**s.lr_stage * s.shape.batch
-               for s in self.stages[:-1]] + [self.gamma**(n - 1),
-                                             self.gamma**n]
-        return points, rel
+        rel = [self.gamma**s.lr_stage * s.shape.batch for s in self.stages]
+        return points, rel[:-1] + [rel[-2], rel[-1]]
 
     def _step_factor(self, epoch: float) -> float:
         """Relative LR of the step schedule at ``epoch``, no warm-up."""

@@ -2,10 +2,11 @@
 robustness and loop tests.
 
 - ``SampleRecorder`` records, for every training forward of the backbone,
-  the epoch, iteration, input shape, LR and the files of the samples in the
-  batch, per rank, as JSON lines appended to
-  ``<work_dir>/samples_rank<R>.jsonl`` (one line per forward, so a killed
-  run leaves its records and a resumed run adds its own).
+  the epoch, iteration, input shape, LR, the files of the samples in the
+  batch and a digest of each clip's pixels (as loaded), per rank, as JSON
+  lines appended to ``<work_dir>/samples_rank<R>.jsonl`` (one line per
+  forward, so a killed run leaves its records and a resumed run adds its
+  own).
 - ``KillAt`` sends SIGKILL to its own process before the iteration named
   by the environment variable ``MG_KILL_AT="epoch:iter"`` (0-based).
 - ``LoaderIterators`` records the epoch at which the train batch sampler's
@@ -13,6 +14,7 @@ robustness and loop tests.
 
 They are registered on import; add this module to ``custom_imports``.
 """
+import hashlib
 import json
 import os
 import os.path as osp
@@ -43,6 +45,12 @@ def with_filenames(cfg) -> None:
             transform['meta_keys'] = ('img_shape', 'filename', 'frame_dir')
 
 
+def digest(clip) -> str:
+    """Short hex digest of a tensor's values."""
+    data = clip.detach().cpu().contiguous().numpy().tobytes()
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
 def read_samples(work_dir: str, rank: int = 0) -> list:
     """Records written by :class:`SampleRecorder` for ``rank``, in order."""
     with open(osp.join(work_dir, f'samples_rank{rank}.jsonl')) as f:
@@ -51,7 +59,8 @@ def read_samples(work_dir: str, rank: int = 0) -> list:
 
 @HOOKS.register_module(force=True)
 class SampleRecorder(Hook):
-    """Record (epoch, iter, shape, lr, files) of every training forward."""
+    """Record (epoch, iter, shape, lr, files, inputs) of every training
+    forward; ``inputs`` are the :func:`digest` of each clip."""
 
     priority = 'VERY_LOW'
 
@@ -76,7 +85,9 @@ class SampleRecorder(Hook):
             meta = sample.metainfo
             name = meta.get('filename', meta.get('frame_dir'))
             files.append(osp.basename(str(name)))
-        self.current = dict(epoch=runner.epoch, iter=batch_idx, files=files)
+        inputs = [digest(x) for x in (data_batch or {}).get('inputs', [])]
+        self.current = dict(epoch=runner.epoch, iter=batch_idx, files=files,
+                            inputs=inputs)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:

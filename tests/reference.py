@@ -2,6 +2,7 @@
 (shared/multigrid-reference.md), used by the tests as the oracle.
 
 Written from the reference's formulas, separately from the package's code.
+:func:`pyslowfast_long_cycle` transcribes PySlowFast's own loop line by line.
 """
 import math
 
@@ -30,7 +31,9 @@ def long_cycle(T, S, E, milestones, long_factors, short_factors, short_cycle,
             iters += ep / avg_bs[j]
             sched.append((i, shapes[-1], ep))
     saving = steps[-1] / iters
-    sched.append((len(steps) - 1, (1, T, (H, W)),
+    # Fine-tuning at the base shape of the last long-cycle entry (PySlowFast:
+    # all_shapes[-1][2]); the default shape when the factors end in (1, 1).
+    sched.append((len(steps) - 1, all_shapes[-1][-1],
                   (E - steps[-1]) / saving * avg_bs[-1]))
     x = E * epoch_factor / sum(s[2] for s in sched)
     out, total = [], 0
@@ -122,3 +125,65 @@ def expected_run(n_train, T, S, B, E, milestones, base_lr, warmup=0,
                                      len(milestones), long_on, warmup)
             rows.append((epoch, i, [size, 3, base[1], h, w], lr))
     return rows
+
+
+def pyslowfast_long_cycle(T, S, E, milestones, gamma, long_factors,
+                          short_factors, short_cycle, epoch_factor):
+    """PySlowFast's ``MultigridSchedule.init_multigrid`` and
+    ``get_long_cycle_schedule`` (``slowfast/utils/multigrid.py``, commit
+    287ec00), transcribed line by line for a square ``S``.
+
+    One change: with short cycles off PySlowFast's fine-tuning shape
+    ``all_shapes[-1][2]`` raises IndexError; the last entry's only shape
+    (index -1, the same entry as index 2 with short cycles) is taken.
+
+    Returns:
+        tuple: ``(schedule, STEPS, LRS, MAX_EPOCH)`` with ``schedule`` as
+        PySlowFast's ``final_schedule``: ``(step_index, [b, t, s], end)``.
+    """
+    steps = [0] + list(milestones)  # cfg.SOLVER.STEPS, 0 included
+    default_size = float(T * S**2)
+    default_iters = steps[-1]
+    avg_bs = []
+    all_shapes = []
+    for t_factor, s_factor in long_factors:
+        base_t = int(round(T * t_factor))
+        base_s = int(round(S * s_factor))
+        if short_cycle:
+            shapes = [[base_t, S * short_factors[0]],
+                      [base_t, S * short_factors[1]],
+                      [base_t, base_s]]
+        else:
+            shapes = [[base_t, base_s]]
+        shapes = [[int(round(default_size / (s[0] * s[1] * s[1]))), s[0],
+                   s[1]] for s in shapes]
+        avg_bs.append(sum(s[0] for s in shapes) / len(shapes))
+        all_shapes.append(shapes)
+    total_iters = 0
+    schedule = []
+    for step_index in range(len(steps) - 1):
+        step_epochs = steps[step_index + 1] - steps[step_index]
+        for long_cycle_index, shapes in enumerate(all_shapes):
+            cur_epochs = step_epochs * avg_bs[long_cycle_index] / sum(avg_bs)
+            cur_iters = cur_epochs / avg_bs[long_cycle_index]
+            total_iters += cur_iters
+            schedule.append((step_index, shapes[-1], cur_epochs))
+    iter_saving = default_iters / total_iters
+    final_step_epochs = E - steps[-1]
+    ft_epochs = final_step_epochs / iter_saving * avg_bs[-1]
+    schedule.append((step_index + 1, all_shapes[-1][2 if short_cycle else -1],
+                     ft_epochs))
+    x = E * epoch_factor / sum(s[-1] for s in schedule)
+    final_schedule = []
+    total_epochs = 0
+    for s in schedule:
+        epochs = s[2] * x
+        total_epochs += epochs
+        final_schedule.append((s[0], s[1], int(round(total_epochs))))
+    # init_multigrid
+    STEPS = [0] + [s[-1] for s in final_schedule]
+    STEPS[-1] = (STEPS[-2] + STEPS[-1]) // 2
+    LRS = [gamma**s[0] * s[1][0] for s in final_schedule]
+    LRS = LRS[:-1] + [LRS[-2], LRS[-1]]
+    MAX_EPOCH = final_schedule[-1][-1]
+    return final_schedule, STEPS, LRS, MAX_EPOCH

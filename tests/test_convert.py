@@ -1,6 +1,7 @@
 """Tests of the config conversion on the stock MMAction2 configs."""
 import copy
 import os.path as osp
+import random
 
 import mmaction
 import pytest
@@ -11,6 +12,7 @@ from mmengine.registry import RUNNERS
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
 from mmaction_multigrid import convert_config
+from mmaction_multigrid.schedule import MultiGridSchedule
 from test_schedule import ref_schedule
 
 CONFIGS = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
@@ -247,3 +249,125 @@ def test_collate_fn_default_replaced_custom_kept():
     out = convert_config(cfg)
     assert out.train_dataloader.collate_fn == dict(type='default_collate')
     assert 'collate_fn' not in out.val_dataloader
+
+
+# --------------------------------------------------------------------------
+# Fail fast: any option set converts to a schedule with non-empty batches,
+# or stops at conversion with a ValueError naming the multi_grid key.
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('multi_grid,key', [
+    # The issue's two examples: a short-cycle batch of 0 clips (crop
+    # round(0.4 * 224) = 90, k = round((90 / (0.707 * 224))**2) =
+    # round(0.32) = 0), and a bool where an int is expected.
+    (dict(long_cycle_factors=((0.25, 0.4), (1, 1))), 'long_cycle_factors'),
+    (dict(precise_bn=dict(num_iters=True)), 'precise_bn'),
+    (dict(bn_base_size=True), 'bn_base_size'),
+    (dict(default_s=True), 'default_s'),
+    (dict(epoch_factor=float('nan')), 'epoch_factor'),
+    (dict(epoch_factor=0.001), 'epoch_factor'),
+    (dict(long_cycle_factors=((0.5, float('nan')), (1, 1))),
+     'long_cycle_factors'),
+])
+def test_bad_options_fail_at_conversion(multi_grid, key):
+    with pytest.raises(ValueError, match=f'multi_grid.{key}'):
+        convert_config(_load(I3D, **multi_grid))
+
+
+def _random_value(rng, kind):
+    """A value for an option: mostly plausible, sometimes wrong."""
+    bad = [0, -0.5, 1.5, True, False, None, 'x', float('nan'),
+           float('inf'), (0.5, ), [], 2]
+    if rng.random() < 0.03:
+        return rng.choice(bad)
+    if kind == 'factor':
+        return rng.choice([rng.uniform(0, 1), rng.uniform(0.5, 1),
+                           rng.uniform(0.5, 1), 10**rng.uniform(-3, 0), 1, 1,
+                           0.5**0.5, 0.5**0.5, 0.5, 0.25])
+    if kind == 'count':
+        return rng.choice([rng.randint(-2, 40), 1, 8])
+    if kind == 'epoch_factor':
+        return rng.choice([rng.uniform(0, 4), 10**rng.uniform(-3, 0), 1.5,
+                           1.0])
+    raise AssertionError(kind)
+
+
+def _random_options(rng):
+    """One generated ``multi_grid`` dict (each key present or not)."""
+    options = {}
+    if rng.random() < 0.5:
+        options['long_cycle'] = rng.choice([True] * 16 + [False] * 2 +
+                                           [1, 'yes'])
+    if rng.random() < 0.5:
+        options['short_cycle'] = rng.choice([True] * 16 + [False] * 3 + [0])
+    if rng.random() < 0.8:
+        pairs = [tuple(_random_value(rng, 'factor')
+                       for _ in range(rng.choice([2] * 80 + [1, 3])))
+                 for _ in range(rng.randint(1, 5))]
+        options['long_cycle_factors'] = pairs if rng.random() < 0.98 else 0.5
+    if rng.random() < 0.6:
+        options['short_cycle_factors'] = tuple(
+            _random_value(rng, 'factor')
+            for _ in range(rng.choice([2] * 30 + [1, 3])))
+    if rng.random() < 0.4:
+        options['epoch_factor'] = _random_value(rng, 'epoch_factor')
+    if rng.random() < 0.2:
+        options['default_s'] = rng.choice([None, 224, (224, 224), 0,
+                                           True, (224, ), '224'])
+    if rng.random() < 0.3:
+        options['bn_base_size'] = rng.choice(
+            [None, 'auto', _random_value(rng, 'count'), 2.5])
+    if rng.random() < 0.3:
+        options['precise_bn'] = rng.choice([
+            None, None, dict(), dict(num_iters=_random_value(rng, 'count')),
+            dict(num_iters=_random_value(rng, 'count')),
+            dict(num_iters=rng.randint(1, 300)), dict(num_iters=True),
+            dict(num_iters=2.0), dict(iters=5), 10])
+    return options
+
+
+def _shrunk(T, S):
+    """The stock I3D config with clips of T frames of S x S pixels."""
+    cfg = _load(I3D)
+    for t in cfg.train_dataloader.dataset.pipeline:
+        if t['type'] == 'SampleFrames':
+            t['clip_len'] = T
+        elif t['type'] == 'MultiScaleCrop':
+            t['input_size'] = S
+        elif t['type'] == 'Resize' and t.get('keep_ratio') is False:
+            t['scale'] = (S, S)
+    return cfg
+
+
+@pytest.mark.parametrize('T,S,seed', [(32, 224, 0), (8, 16, 1), (4, 8, 2)])
+def test_generated_options_convert_or_name_the_key(T, S, seed):
+    rng = random.Random(seed)
+    stock = _shrunk(T, S)
+    outcomes = {'converted': 0, 'refused': 0}
+    for _ in range(200):
+        options = _random_options(rng)
+        cfg = copy.deepcopy(stock)
+        cfg.multi_grid = options
+        try:
+            out = convert_config(cfg)
+        except ValueError as error:
+            assert 'multi_grid.' in str(error), (options, str(error))
+            outcomes['refused'] += 1
+            continue
+        outcomes['converted'] += 1
+        opts = out.multi_grid
+        assert opts['bn_base_size'] is None or (
+            type(opts['bn_base_size']) is int and opts['bn_base_size'] >= 1)
+        if opts['precise_bn'] is not None:
+            iters = opts['precise_bn'].get('num_iters', 200)
+            assert type(iters) is int and iters >= 1, options
+        schedule = MultiGridSchedule(
+            batch_size=out.train_dataloader.batch_size,
+            **out.train_dataloader.batch_sampler.schedule)
+        assert schedule.max_epochs == out.train_cfg.max_epochs >= 1, options
+        for epoch in range(schedule.max_epochs):
+            for shape in schedule.batch_shapes(epoch):
+                assert shape.batch_size >= 1, (options, epoch)
+                assert shape.clip_len >= 1 and shape.frame_interval >= 1
+                assert min(shape.size) >= 1, (options, epoch)
+    # Both outcomes are well represented.
+    assert min(outcomes.values()) >= 25, outcomes

@@ -8,12 +8,15 @@ from collections import Counter
 import pytest
 import torch
 from conftest import toy_config
-from mmaction.registry import OPTIM_WRAPPERS
+from mmaction.registry import OPTIM_WRAPPERS, TRANSFORMS
+from mmcv.transforms import BaseTransform
+from mmengine.dataset import Compose
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid import convert_config
+from mmaction_multigrid.datasets import SkipBroken
 from mmaction_multigrid.synthetic import make_dataset
 import reference as ref
 from probes import TINY_I3D, read_samples, with_filenames
@@ -76,6 +79,68 @@ def test_corrupt_videos_are_skipped_keeping_the_shape(corrupt_videos,
     assert skipped and all('WARNING' in line for line in skipped)
     assert any('corrupt_000.mp4' in line or 'corrupt_001.mp4' in line
                for line in skipped)
+
+
+@TRANSFORMS.register_module(force=True)
+class FailOn(BaseTransform):
+    """Raises on every sample whose file name contains ``marker`` (``''``:
+    every sample), as a buggy transform would; counts its calls."""
+
+    calls = 0
+
+    def __init__(self, marker: str = '') -> None:
+        self.marker = marker
+
+    def transform(self, results: dict) -> dict:
+        type(self).calls += 1
+        if self.marker in str(results.get('filename', '')):
+            raise ZeroDivisionError(f'FailOn: a bug at {self.marker!r}')
+        return results
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_transform_bug_stops_the_run_with_its_error(videos, tmp_path,
+                                                    workers):
+    """A transform that raises on every sample stops the run at the third
+    sample with its own error, not after 1000 refetches with MMEngine's
+    'Cannot find valid image'."""
+    cfg = small_config(videos, tmp_path, options={
+        'train_dataloader.num_workers': workers})
+    cfg.train_dataloader.dataset.pipeline.insert(3, dict(type='FailOn'))
+    FailOn.calls = 0
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ZeroDivisionError, match="FailOn: a bug at ''"):
+        runner.train()
+    assert runner.iter == 0
+    if workers == 0:
+        assert FailOn.calls == SkipBroken.FAILURES_AT_START
+        log = log_text(runner)
+        assert log.count('Skipping unreadable sample') == 2
+        assert '3 samples failed in a row before any loaded' in log
+
+
+def test_failures_in_a_row():
+    """Skipped while some sample loads in between; raised at 3 failures in
+    a row before the first sample loads, at 10 afterwards."""
+    pipeline = SkipBroken(Compose([dict(type='FailOn', marker='bad')]))
+
+    def load(name):
+        return pipeline(dict(filename=name))
+
+    assert load('bad_0') is None and load('bad_1') is None
+    assert load('good_0') is not None
+    for k in range(SkipBroken.FAILURES_IN_A_ROW - 1):
+        assert load(f'bad_{k}') is None
+    assert load('good_1') is not None  # the count starts again
+    for k in range(SkipBroken.FAILURES_IN_A_ROW - 1):
+        assert load(f'bad_{k}') is None
+    with pytest.raises(ZeroDivisionError):
+        load('bad_last')
+    fresh = SkipBroken(Compose([dict(type='FailOn', marker='bad')]))
+    assert fresh(dict(filename='bad_0')) is None
+    assert fresh(dict(filename='bad_1')) is None
+    with pytest.raises(ZeroDivisionError, match="'bad'"):
+        fresh(dict(filename='bad_2'))
 
 
 def test_too_little_data_fails_before_training(videos, tmp_path):

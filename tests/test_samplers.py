@@ -8,6 +8,7 @@ from mmengine.dataset import DefaultSampler
 import mmaction_multigrid  # noqa: F401
 from mmaction_multigrid.datasets import ShapedIndex
 from mmaction_multigrid.samplers import ShortCycleBatchSampler
+from mmaction_multigrid.seeding import sample_seed
 
 # I3D-like: T=32, r=2, S=224, E=100, milestones [40, 80]; stage ends
 # 32 47 61 68 100 115 129 136 150 (reference worked example).
@@ -41,7 +42,7 @@ def _check_batches(batches, cycle):
     for k, batch in enumerate(batches):
         size, shape = cycle[k % len(cycle)]
         assert all(isinstance(i, ShapedIndex) for i in batch)
-        assert all(tuple(i[1:]) == shape for i in batch), (k, batch[0])
+        assert all(tuple(i[1:5]) == shape for i in batch), (k, batch[0])
         if k < len(batches) - 1:
             assert len(batch) == size
 
@@ -151,8 +152,38 @@ def test_continue_until_runs_the_epochs_back_to_back(drop_last):
     continuous.continue_until(50)
     got = list(continuous)
     assert got == [batch for epoch in expected for batch in epoch]
-    assert len({tuple(b[0][1:]) for b in got}) > 3  # several stages crossed
+    assert len({tuple(b[0][1:5]) for b in got}) > 3  # several stages crossed
     continuous.continue_until(None)
     continuous.set_epoch(33)
     continuous.sampler.set_epoch(33)
     assert list(continuous) == expected[3]
+
+
+def test_sample_seeds(monkeypatch):
+    """Each sample's seed follows the sampler seed, the epoch and the
+    sample's place in the epoch's global order: rank r's k-th sample is
+    place 2k + r of 2 ranks; no two samples of the run share one."""
+    seeds = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(sampler_module, 'get_dist_info',
+                            lambda rank=rank: (rank, 2))
+        bs = _batch_sampler(101, seed=5)
+        for epoch in (0, 1, 62):
+            bs.set_epoch(epoch)
+            flat = [i.seed for b in bs for i in b]
+            assert flat == [sample_seed(5, epoch, 2 * k + rank)
+                            for k in range(len(flat))]
+            assert flat == [i.seed for b in bs for i in b]  # again: same
+            seeds[rank, epoch] = flat
+    every = [s for flat in seeds.values() for s in flat]
+    assert len(set(every)) == len(every)
+    bs = _batch_sampler(101, seed=6)
+    assert not {i.seed for b in bs for i in b} & set(every)
+
+
+def test_no_sampler_seed_no_sample_seed():
+    """A sampler without a seed (a plain torch sampler): samples draw from
+    the loading process's streams, as without the plugin."""
+    bs = ShortCycleBatchSampler(range(100), batch_size=B,
+                                schedule=SCHEDULE)
+    assert {i.seed for b in bs for i in b} == {None}

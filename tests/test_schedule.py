@@ -7,6 +7,7 @@ package, from the reference formulas (:func:`ref_schedule`).
 import math
 
 import pytest
+import reference
 
 from mmaction_multigrid.schedule import MultiGridSchedule
 
@@ -56,7 +57,8 @@ def ref_schedule(T, S, E, milestones, gamma=0.1, long_cycle=True,
             iters += ep / avg_b[j]
             entries.append((i, shapes[-1], ep))
     saving = steps[-1] / iters
-    entries.append((len(steps) - 1, (1, T, (H, W)),
+    # Fine-tuning at the last long-cycle entry's base shape.
+    entries.append((len(steps) - 1, all_shapes[-1][-1],
                     (E - steps[-1]) / saving * avg_b[-1]))
     x = E * epoch_factor / sum(e[2] for e in entries)
     ends, total = [], 0.0
@@ -263,7 +265,7 @@ def test_long_cycle_table(T, r, S, E, milestones, B, kw):
     assert [s.end_epoch for s in sched.stages] == ref['ends']
     assert [(s.shape.batch, s.shape.frames, tuple(s.shape.size))
             for s in sched.stages] == ref['bases']
-    # Fine-tuning runs the default shape.
+    # These factors end in (1, 1): fine-tuning runs the default shape.
     assert ref['bases'][-1] == (1, T, HW)
     points, rel = sched.lr_points()
     assert list(points) == ref['points']
@@ -299,6 +301,66 @@ def test_non_square_scaled_alike():
     assert [tuple(s.size) for s in sched.batch_shapes(50)] == [(128, 170),
                                                                (181, 240),
                                                                (256, 340)]
+
+
+# --------------------------------------------------------------------------
+# Factors that do not end in (1, 1): fine-tuning at the last long-cycle
+# entry's shape, its first half at gamma**(n-1) * b_last. Expected values
+# from PySlowFast's own loop (reference.pyslowfast_long_cycle).
+# --------------------------------------------------------------------------
+def test_fine_tuning_worked_example():
+    """By hand: T=32, S=224, E=100, milestones [40, 80], factors
+    ((0.5, 0.707), (0.5, 1)). Short-cycle batches 8/4/4 and 8/4/2 (averages
+    16/3 and 14/3); per stage 21.33 + 18.67 epochs in 4 + 4 default
+    iterations, saving 80 / 16 = 5; fine-tuning 20 / 5 * 14/3 = 18.67;
+    stretched by 150 / 98.67."""
+    sched = _sched(long_cycle_factors=((0.5, R2), (0.5, 1)))
+    assert [s.end_epoch for s in sched.stages] == [32, 61, 93, 122, 150]
+    assert [(s.shape.batch, s.shape.frames, s.shape.size[0])
+            for s in sched.stages] == [(4, 16, 158), (2, 16, 224)] * 2 + [
+                (2, 16, 224)]
+    points, rel = sched.lr_points()
+    assert points == [0, 32, 61, 93, 122, 136]
+    assert rel == pytest.approx([4, 2, .4, .2, .2, .02])
+
+
+FINE_TUNING_CASES = [
+    # T, S, E, milestones, gamma, long_cycle_factors, short_cycle, factor
+    (32, 224, 100, [40, 80], 0.1, ((0.25, R2), (0.5, R2), (0.5, 1)), True,
+     1.5),
+    (32, 224, 100, [40, 80], 0.1, ((0.5, R2), (1, R2)), True, 1.5),
+    (32, 224, 256, [94, 154, 196], 0.1, ((0.25, 0.5), (0.5, R2)), True,
+     1.5),
+    (8, 224, 150, [100, 140], 0.5, ((1, R2), ), True, 2.0),
+    (16, 256, 120, [50, 100], 0.1, ((1, 1), (0.5, R2)), True, 1.5),
+    (32, 224, 100, [40, 80], 0.1, ((0.5, 1), (0.5, R2)), False, 1.5),
+    (16, 160, 58, [32, 48], 0.2, ((0.25, R2), (0.5, 0.5)), False, 1.3),
+]
+
+
+@pytest.mark.parametrize('T,S,E,milestones,gamma,factors,short,epoch_factor',
+                         FINE_TUNING_CASES)
+def test_fine_tuning_as_pyslowfast(T, S, E, milestones, gamma, factors,
+                                   short, epoch_factor):
+    final, steps, lrs, max_epoch = reference.pyslowfast_long_cycle(
+        T, S, E, milestones, gamma, factors, SHORT, short, epoch_factor)
+    sched = _sched(clip_len=T, size=S, max_epochs=E, milestones=milestones,
+                   gamma=gamma, long_cycle_factors=factors,
+                   short_cycle=short, epoch_factor=epoch_factor)
+    assert sched.max_epochs == max_epoch
+    assert [(s.lr_stage, s.end_epoch) for s in sched.stages] == [
+        (stage, end) for stage, _, end in final]
+    assert [[s.shape.batch, s.shape.frames, *s.shape.size]
+            for s in sched.stages] == [[b, t, s, s] for _, (b, t, s), _ in
+                                       final]
+    # Not the default shape: the case the fine-tuning rule is about.
+    assert final[-1][1] != [1, T, S]
+    points, rel = sched.lr_points()
+    assert points == steps
+    assert rel == pytest.approx(lrs)
+    for epoch in range(max_epoch):
+        index = max(i for i, p in enumerate(steps) if p <= epoch)
+        assert sched.lr_factor(epoch) == pytest.approx(lrs[index]), epoch
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Per-sample random streams: a sample's augmentations depend on the run
+seed, the epoch and its position in the epoch, not on which process loads it.
+
+A DataLoader worker draws augmentation random numbers from its own streams,
+seeded once when the worker starts. Which worker loads which sample, and how
+far its streams have advanced, then decide a sample's crop, flip and frame
+offsets: a run with 2 workers differs from one with 0, and a resumed run
+(whose workers restart from their seeds) differs from the uninterrupted one.
+Seeding Python's ``random``, NumPy's global generator and torch's CPU
+generator from ``(seed, epoch, position)`` before each sample removes both
+dependencies.
+"""
+import contextlib
+import random
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+
+def sample_seed(base: int, epoch: int, position: int) -> int:
+    """Seed of the sample at ``position`` of ``epoch`` in a run seeded
+    ``base``.
+
+    The three numbers go through NumPy's ``SeedSequence``, so neighbouring
+    epochs or positions give unrelated streams.
+
+    Args:
+        base: The run's sampler seed (any int; taken modulo 2**64).
+        epoch: 0-based epoch.
+        position: Position of the sample in the epoch's global order.
+
+    Returns:
+        int: A seed in ``[0, 2**32)``, valid for all three generators.
+    """
+    entropy = (base % 2**64, epoch, position)
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded(seed: Optional[int]) -> Iterator[None]:
+    """Run the block with Python, NumPy and torch CPU generators seeded
+    ``seed``, then put back the states found.
+
+    Putting them back keeps a sample loaded in the training process
+    (``num_workers=0``) from moving the streams that dropout and the other
+    training-time draws use; in a worker it is harmless.
+
+    Args:
+        seed: The seed; None runs the block on the current streams.
+    """
+    if seed is None:
+        yield
+        return
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    # The CPU generator only: torch.manual_seed would also reseed the CUDA
+    # generators that training draws from.
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
