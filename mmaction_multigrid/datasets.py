@@ -5,7 +5,7 @@ The short-cycle batch sampler yields :class:`ShapedIndex` tuples; this
 wrapper (running in the DataLoader workers) swaps in the wrapped dataset's
 pipeline for that shape and loads the sample. Nothing is kept between
 samples, so any number of workers and ``persistent_workers=True`` work.
-An index may also carry the sample's seed (see :mod:`.seeding`): the sample
+An index may also carry the sample's seed (see :mod:`.rng`): the sample
 is then augmented the same whichever process loads it.
 """
 import copy
@@ -17,7 +17,7 @@ from mmengine.dataset import BaseDataset, Compose
 from mmengine.logging import print_log
 
 from .pipeline import reshape_pipeline
-from .seeding import seeded
+from .rng import seeded
 
 
 class ShapedIndex(NamedTuple):

@@ -7,7 +7,7 @@ from torch.utils.data import BatchSampler, Sampler
 
 from .datasets import ShapedIndex
 from .schedule import MultiGridSchedule
-from .seeding import sample_seed
+from .rng import sample_seed
 
 
 @DATA_SAMPLERS.register_module()
@@ -21,7 +21,7 @@ class ShortCycleBatchSampler(BatchSampler):
     of that batch and, when ``sampler`` has a ``seed`` (MMEngine's
     ``DefaultSampler``: the run seed, kept in checkpoints), the seed of the
     sample's augmentations, from that seed, the epoch and the sample's
-    position in the epoch (see :mod:`~mmaction_multigrid.seeding`).
+    position in the epoch (see :mod:`~mmaction_multigrid.rng`).
 
     With ``drop_last`` an epoch has ``floor(n / mean(batch sizes))`` batches
     (the reference count); when the samples run out before that, the last

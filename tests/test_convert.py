@@ -88,8 +88,9 @@ def test_convert_stock(path, T, r, B, E, warmup):
 
     schedulers = out.param_scheduler
     assert isinstance(schedulers, list) and len(schedulers) == 1
-    assert schedulers[0].type == 'MultiGridLR'
-    args = schedulers[0].schedule
+    # The schedule's arguments are written once, into the batch sampler.
+    assert schedulers == [dict(type='MultiGridLR')]
+    args = loader.batch_sampler.schedule
     drops, gamma = _stock_drops(Config(before))
     assert list(args['milestones']) == drops
     assert args['gamma'] == gamma
@@ -101,13 +102,12 @@ def test_convert_stock(path, T, r, B, E, warmup):
     else:
         assert (args['warmup_epochs'],
                 args['warmup_start_factor']) == pytest.approx(warmup)
-    assert dict(loader.batch_sampler.schedule) == dict(args)
 
     expected = ref_schedule(T, 224, E, drops)['max_epochs']
     assert out.train_cfg.max_epochs == expected
     assert out.train_cfg.type == 'EpochBasedTrainLoop'
 
-    assert 'MultiGridHook' in _types(out.custom_hooks)
+    assert _types(out.custom_hooks) == ['MultiGridHook', 'ExactResumeHook']
     assert RUNNERS.get(out.runner_type) is not None
 
     # Idempotent.
@@ -119,7 +119,8 @@ def test_stock_max_epochs_worked_examples():
     assert convert_config(_load(C2D)).train_cfg.max_epochs == 150
     assert convert_config(_load(SLOWFAST)).train_cfg.max_epochs == 384
     # SlowOnly's MultiStepLR begins at 10: MMEngine drops at 100 and 140.
-    args = convert_config(_load(SLOWONLY)).param_scheduler[0].schedule
+    args = convert_config(
+        _load(SLOWONLY)).train_dataloader.batch_sampler.schedule
     assert list(args['milestones']) == [100, 140]
 
 
@@ -146,7 +147,7 @@ def test_options_kept_and_custom_hooks_kept():
     out = convert_config(cfg)
     assert _types(out.custom_hooks)[0] == 'EMAHook'
     assert 'MultiGridHook' in _types(out.custom_hooks)
-    args = out.param_scheduler[0].schedule
+    args = out.train_dataloader.batch_sampler.schedule
     assert args['short_cycle'] is False and args['epoch_factor'] == 2.0
     expected = ref_schedule(32, 224, 100, [40, 80], short_cycle=False,
                             epoch_factor=2.0)['max_epochs']
@@ -371,3 +372,12 @@ def test_generated_options_convert_or_name_the_key(T, S, seed):
                 assert min(shape.size) >= 1, (options, epoch)
     # Both outcomes are well represented.
     assert min(outcomes.values()) >= 25, outcomes
+
+
+def test_precise_bn_adds_its_hook():
+    out = convert_config(_load(I3D, precise_bn=dict(num_iters=5,
+                                                    interval=2)))
+    assert out.custom_hooks[-1] == dict(type='PreciseBNHook', num_iters=5,
+                                        interval=2)
+    with pytest.raises(ValueError, match='multi_grid.precise_bn'):
+        convert_config(_load(I3D, precise_bn=dict(num_iters=5, interval=0)))

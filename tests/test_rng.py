@@ -11,7 +11,7 @@ from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.seeding import sample_seed
+from mmaction_multigrid.rng import sample_seed
 from probes import TINY_I3D, digest, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
