@@ -14,13 +14,16 @@ from .runner import MultiGridRunner, install_switch
 from .samplers import ShortCycleBatchSampler
 from .schedule import MultiGridSchedule
 from .schedulers import MultiGridLR
+from .transforms import (PreparedFrameInit, RandomIntervalSampleFrames,
+                         ReducedRawFrameDecode)
 from .version import __version__
 
 install_switch()
 
 __all__ = [
     'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
-    'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex',
+    'MultiGridSchedule', 'MultiGridTrainLoop', 'PreparedFrameInit',
+    'RandomIntervalSampleFrames', 'ReducedRawFrameDecode', 'ShapedIndex',
     'ShortCycleBatchSampler',
     'SubBatchNorm3d', 'convert_config', 'convert_sub_batch_bn',
     'install_switch', 'multigrid_collate', 'validate_options', '__version__'

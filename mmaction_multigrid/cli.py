@@ -1,8 +1,10 @@
-"""Command line: ``python -m mmaction_multigrid plan|demo``.
+"""Command line: ``python -m mmaction_multigrid plan|demo|prepare``.
 
 ``plan CONFIG`` prints and plots the multigrid schedule of a config without
 building anything. ``demo`` generates a small video set and trains the
-shipped demo config through the MMEngine Runner.
+shipped demo config through the MMEngine Runner. ``prepare CONFIG --out
+DIR`` writes reduced-resolution copies of the train set for the small
+shapes, and a config that reads them.
 """
 import argparse
 import os
@@ -217,6 +219,23 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_cmd(args: argparse.Namespace) -> int:
+    """Write the prepared copy of a config's train set."""
+    from .prepare import prepare
+    report = prepare(args.config, args.out, args.workers, args.quality,
+                     args.cfg_options)
+    for source, error in report['corrupt']:
+        print(f'skipped unreadable sample {source}: {error}')
+    print(f'prepare: {report["samples"]} samples: {report["written"]} '
+          f'written, {report["skipped"]} already done, '
+          f'{len(report["corrupt"])} unreadable (left out of the annotation '
+          f'file); {report["seconds"]:.1f} s, copies '
+          f'{report["bytes"] / 2**20:.1f} MiB at short sides '
+          f'{report["short_sides"]}')
+    print(f'config: {report["config"]}')
+    return 0
+
+
 def scale_epochs(cfg: Config, epochs: int) -> None:
     """Stretch the stock schedule of ``cfg`` (warm-up, steps) to ``epochs``.
 
@@ -239,8 +258,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
         prog='python -m mmaction_multigrid',
-        description='Multigrid training for MMAction2: plan a schedule or '
-        'run the demo.')
+        description='Multigrid training for MMAction2: plan a schedule, '
+        'run the demo, or prepare a train set.')
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser(
         'plan', help='print and plot the multigrid schedule of a config',
@@ -265,6 +284,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     d.add_argument('--epochs', type=int,
                    help='epochs of the stock schedule (multigrid trains 1.5x '
                    'as many); default: the config\'s')
+    r = sub.add_parser(
+        'prepare', help='write reduced-resolution copies for small shapes',
+        description='Write the train set of CONFIG as JPEG frames at the '
+        'reduced short sides its multigrid shapes resize to, and '
+        'OUT/<config>.py that trains from them (the default shape still '
+        'reads the source). Resumable and idempotent.')
+    r.add_argument('config', help='config file with `multi_grid`')
+    r.add_argument('--out', required=True, help='output folder')
+    r.add_argument('--workers', type=int,
+                   help='processes (default: all cores)')
+    r.add_argument('--quality', type=int, default=90,
+                   help='JPEG quality of the copies (default: 90)')
+    r.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        help='override config settings, as in tools/train.py')
     return parser.parse_args(argv)
 
 
@@ -280,7 +314,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         int: Exit status: 0, or 2 on a config error.
     """
     args = parse_args(argv)
-    command = plan if args.command == 'plan' else demo
+    command = dict(plan=plan, demo=demo, prepare=prepare_cmd)[args.command]
     try:
         return command(args)
     except (ValueError, OSError) as error:
