@@ -5,7 +5,8 @@ libx264 at its defaults: a keyframe every 250 frames; the same frames as
 JPEG rawframes), reads it through the stock I3D R50 config's own train
 pipeline (32x2 clips, 224 crops; ``RawFrameDecode`` for rawframes) with
 ``multi_grid = dict()``, and measures the CPU time per clip (one process,
-``time.process_time``, the pipeline from the file to the packed tensor) at
+``time.process_time``, the pipeline from the file to the packed tensor; the
+least of a few interleaved rounds, so that every cell sees the same load) at
 every batch shape of the multigrid schedule and at the stock shape, for:
 
 - ``today``: the package before this data path (fixed span, full decode);
@@ -23,7 +24,7 @@ whole multigrid schedule to that of the whole stock schedule (clips per
 shape x ms per clip summed over the schedule; multigrid reads 1.5x the
 clips).
 
-    python benchmarks/bench_data_cost.py [--videos 6] [--clips 8]
+    python benchmarks/bench_data_cost.py [--videos 6] [--clips 6] [--rounds 3]
 """
 import argparse
 import os
@@ -45,6 +46,7 @@ sys.path.insert(0, osp.dirname(HERE))
 from mmaction_multigrid.cli import config_schedule  # noqa: E402
 from mmaction_multigrid.datasets import (MultiGridDataset,  # noqa: E402
                                          ShapedIndex)
+from mmaction_multigrid.measure import time_data  # noqa: E402
 from mmaction_multigrid.prepare import disk_bytes, prepare  # noqa: E402
 
 I3D = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
@@ -150,19 +152,6 @@ def i3d_config(root: str, fmt: str) -> Config:
     return cfg
 
 
-def ms_per_clip(dataset: MultiGridDataset, shape, clips: int) -> float:
-    """CPU ms per clip in-process; the same samples and random draws for
-    every call (clip k: index k, ``np.random.seed(k)``), one warm-up."""
-    n = len(dataset)
-    dataset[shape if shape is not None else 0]  # build + warm up
-    start = time.process_time()
-    for k in range(clips):
-        np.random.seed(k)
-        index = k % n
-        dataset[index if shape is None else shape._replace(index=index)]
-    return (time.process_time() - start) / clips * 1e3
-
-
 def schedule_weights(schedule) -> List[Dict[Tuple, float]]:
     """Per epoch: the fraction of its clips read at each batch shape."""
     weights = []
@@ -187,8 +176,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--videos', type=int, default=6,
                         help='generated videos (default 6)')
-    parser.add_argument('--clips', type=int, default=8,
-                        help='clips timed per shape and variant (default 8)')
+    parser.add_argument('--clips', type=int, default=6,
+                        help='clips timed per shape and variant (default 6)')
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='rounds over all cells, each cell keeping its '
+                        'least CPU time (default 3)')
     parser.add_argument('--data', nargs='+', default=['video', 'rawframes'])
     parser.add_argument('--variants', nargs='+', default=list(VARIANTS))
     parser.add_argument('--stock-ms', type=float, default=37.0,
@@ -232,22 +224,30 @@ def main() -> None:
         weights = schedule_weights(schedule)
         keys = sorted({k for w in weights for k in w},
                       key=lambda k: (k[0] * k[2] * k[3], k))
-        ms = {}
+        datasets = {}
         for name in args.variants:
             options = dict(VARIANTS[name])
             if name.startswith('prepared'):
                 options['prepared_copy'] = out
-            dataset = MultiGridDataset(cfg.train_dataloader.dataset,
-                                       **options)
-            ms[name] = {key: ms_per_clip(dataset, ShapedIndex(0, *key),
-                                         args.clips) for key in keys}
-            if 'stock' not in ms:
-                ms['stock'] = ms_per_clip(dataset, None, args.clips)
+            datasets[name] = MultiGridDataset(cfg.train_dataloader.dataset,
+                                              **options)
+        cells = [('stock', None)] + [(name, key) for name in args.variants
+                                     for key in keys]
+        best = {}
+        for _ in range(args.rounds):  # interleaved: same contention
+            for name, key in cells:
+                dataset = datasets[args.variants[0] if key is None else name]
+                value = time_data(dataset, None if key is None else
+                                  ShapedIndex(0, *key), args.clips)
+                best[name, key] = min(best.get((name, key), value), value)
+        ms = {name: {key: best[name, key] for key in keys}
+              for name in args.variants}
+        ms['stock'] = best['stock', None]
         results[fmt] = dict(ms=ms, weights=weights, schedule=schedule,
                             keys=keys, report=report)
         names = list(args.variants)
-        print(f'\n### {fmt}: CPU ms per clip (one process, {args.clips} '
-              'clips per cell)\n')
+        print(f'\n### {fmt}: CPU ms per clip (one process; least of '
+              f'{args.rounds} interleaved rounds of {args.clips} clips)\n')
         print('| shape (frames x interval, size) | ' + ' | '.join(names) +
               ' |')
         print('|---|' + '---|' * len(names))
@@ -256,8 +256,8 @@ def main() -> None:
         for key in keys:
             print(f'| {key[0]} x {key[1]}, {key[2]} | ' + ' | '.join(
                 f'{ms[n][key]:.1f}' for n in names) + ' |')
-        best = names[-1]
-        print(f'\n{fmt}, {best}: per stage, CPU cores per GPU to keep up '
+        last = names[-1]
+        print(f'\n{fmt}, {last}: per stage, CPU cores per GPU to keep up '
               f'with {args.multigrid_ms} ms per multigrid iteration (stock '
               f'{8 * ms["stock"] / args.stock_ms:.1f} cores at '
               f'{args.stock_ms} ms)\n')
@@ -266,12 +266,9 @@ def main() -> None:
         print('|---|---|---|---|---|')
         for row in schedule.describe():
             shapes = schedule.batch_shapes(row['begin'])
-            w = weights[row['begin']]
-            mean = sum(w[(s.clip_len, s.frame_interval) + tuple(s.size)] *
-                       ms[best][(s.clip_len, s.frame_interval) +
-                                tuple(s.size)] for s in shapes) / sum(
-                                    w.values())
-            cores = max(s.batch_size * ms[best][
+            mean = sum(w * ms[last][key]
+                       for key, w in weights[row['begin']].items())
+            cores = max(s.batch_size * ms[last][
                 (s.clip_len, s.frame_interval) + tuple(s.size)] /
                 args.multigrid_ms for s in shapes)
             print(f'| {row["stage"]} | {row["begin"]}-{row["end"]} | ' +

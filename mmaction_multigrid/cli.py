@@ -180,7 +180,30 @@ def plan(args: argparse.Namespace) -> int:
     plot_plan(schedule, base_lr, path,
               f'{name}\nmultigrid: {1 / compute:.2f}x less compute')
     print(f'plot: {path}')
+    if args.measure:
+        measure_plan(cfg, schedule, args, name)
     return 0
+
+
+def measure_plan(cfg: Config, schedule: MultiGridSchedule,
+                 args: argparse.Namespace, name: str) -> None:
+    """Time model and data at every shape, print and plot the prediction."""
+    import torch
+
+    from .measure import measure, plot_timeline, report
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    workers = (args.workers if args.workers is not None else
+               cfg.train_dataloader.get('num_workers', 0))
+    timings, samples = measure(cfg, args.iters, args.clips, device)
+    per_gpu = (args.samples or samples) // args.gpus
+    text, result = report(schedule, timings, per_gpu, max(1, workers),
+                          device)
+    print(text)
+    path = osp.join(args.out, f'{name}_multigrid_measure.png')
+    plot_timeline(schedule, result, path,
+                  f'{name}: predicted {result["stock_s"] / 3600:.2f} h stock,'
+                  f' {result["multigrid_s"] / 3600:.2f} h multigrid')
+    print(f'plot: {path}')
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -274,6 +297,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='override config settings, as in tools/train.py; '
         '`multi_grid.long_cycle=True` or `multi_grid={}` adds multigrid '
         'with its defaults to a stock config')
+    p.add_argument('--measure', action='store_true',
+                   help='time the model at every shape on this device and '
+                   'the train pipeline on the train set, and predict the '
+                   'wall-clock of stock vs multigrid')
+    p.add_argument('--iters', type=int, default=3,
+                   help='--measure: timed iterations per shape (default 3)')
+    p.add_argument('--clips', type=int, default=8,
+                   help='--measure: clips loaded per shape (default 8)')
+    p.add_argument('--workers', type=int,
+                   help='--measure: data workers per GPU (default: '
+                   'train_dataloader.num_workers)')
+    p.add_argument('--gpus', type=int, default=1,
+                   help='--measure: GPUs the train set is split over '
+                   '(default 1)')
+    p.add_argument('--samples', type=int,
+                   help='--measure: training clips per epoch to predict for '
+                   '(default: the train set\'s)')
+    p.add_argument('--device', help='--measure: torch device (default: '
+                   'the GPU if there is one)')
     d = sub.add_parser(
         'demo', help='train a small model on generated videos',
         description='Generate a small labelled video set and train the '

@@ -30,11 +30,12 @@ from mmengine.fileio import FileClient
 
 Size = Tuple[int, int]
 # cv2 flags of libjpeg's DCT-scaled decoding, by reduction factor.
+# EXIF orientation is ignored, as mmcv's ``imfrombytes`` does for the stock
+# ``RawFrameDecode``.
 REDUCED_FLAGS = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
+    2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION,
+    4: cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION,
+    8: cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION,
 }
 # JPEG start-of-frame markers (baseline, progressive, ...), which hold the
 # image size; 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) are not frames.
@@ -163,7 +164,9 @@ class ReducedRawFrameDecode(RawFrameDecode):
     The reduction (1/2, 1/4 or 1/8, libjpeg's DCT scaling) is the largest
     that keeps the decoded frame at least as large as the following
     ``Resize`` outputs, so nothing is upsampled that the stock pipeline does
-    not upsample. It is chosen once per clip from the first frame's header.
+    not upsample. It is chosen once per clip from the first frame's header;
+    when no reduction fits, the clip is decoded exactly as
+    ``RawFrameDecode`` does.
 
     Args:
         scale: ``scale`` of the ``Resize`` that follows the decode.
@@ -190,18 +193,23 @@ class ReducedRawFrameDecode(RawFrameDecode):
         inds = np.atleast_1d(np.squeeze(results['frame_inds']))
         results['frame_inds'] = inds
         offset = results.get('offset', 0)
-        flag, decoded = None, {}
-        imgs = []
+
+        def path(frame_idx: int) -> str:
+            return osp.join(results['frame_dir'],
+                            results['filename_tmpl'].format(frame_idx +
+                                                            offset))
+
+        data = self.file_client.get(path(inds[0]))
+        size = jpeg_size(data)
+        factor = reduction_factor(
+            size, resize_output(size, self.scale, self.keep_ratio))
+        if factor == 1:
+            return super().transform(results)
+        flag, decoded, imgs = REDUCED_FLAGS[factor], {}, []
         for frame_idx in inds:
             if frame_idx not in decoded:
-                data = self.file_client.get(
-                    osp.join(results['frame_dir'],
-                             results['filename_tmpl'].format(frame_idx +
-                                                             offset)))
-                if flag is None:
-                    size = jpeg_size(data)
-                    target = resize_output(size, self.scale, self.keep_ratio)
-                    flag = REDUCED_FLAGS[reduction_factor(size, target)]
+                if frame_idx != inds[0]:
+                    data = self.file_client.get(path(frame_idx))
                 img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
                 if img is None:
                     raise ValueError(
