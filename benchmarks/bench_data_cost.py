@@ -27,12 +27,14 @@ clips).
     python benchmarks/bench_data_cost.py [--videos 6] [--clips 6] [--rounds 3]
 """
 import argparse
+import glob
+import itertools
 import os
 import os.path as osp
 import shutil
 import sys
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import av
 import cv2
@@ -98,13 +100,18 @@ def kinetics_like_frames(seed: int, num_frames: int = FRAMES,
         yield frame
 
 
-def write_h264(path: str, frames) -> None:
-    """H.264 mp4 through PyAV's libx264 at its defaults (keyint 250)."""
+def write_h264(path: str, frames, codec: str = 'libx264',
+               options: Optional[dict] = None) -> None:
+    """A video through PyAV: H.264 by libx264 at its defaults (keyint 250)
+    unless ``options`` say otherwise, or another ``codec``."""
+    frames = iter(frames)
+    first = next(frames)
     with av.open(path, 'w') as container:
-        stream = container.add_stream('libx264', rate=FPS)
-        stream.height, stream.width = SIZE
-        stream.pix_fmt = 'yuv420p'
-        for frame in frames:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = 'yuvj420p' if codec == 'mjpeg' else 'yuv420p'
+        stream.options = dict(options or {})
+        for frame in itertools.chain([first], frames):
             container.mux(stream.encode(
                 av.VideoFrame.from_ndarray(frame, format='bgr24')))
         container.mux(stream.encode())
@@ -172,6 +179,107 @@ def schedule_cpu(weights, ms: Dict[Tuple, float]) -> float:
                for key, w in epoch_w.items())
 
 
+# Encodings of the same frames at half size (170x128) that a prepared copy
+# could use: (codec, libx264/mjpeg options, file suffix).
+FORMATS = {
+    'H.264, keyint 250 (source)': ('libx264', {}, None),
+    'H.264, keyint 8': ('libx264', {'g': '8'}, None),
+    'H.264, keyint 8, 170x128': ('libx264', {'g': '8'}, (170, 128)),
+    'H.264 all-intra, 170x128': ('libx264', {'g': '1'}, (170, 128)),
+    'MJPEG, 170x128': ('mjpeg', {'q:v': '3'}, (170, 128)),
+    'JPEG frames, 170x128': (None, None, (170, 128)),
+}
+DECODERS = (('decord', 'DecordInit', 'DecordDecode'),
+            ('PyAV', 'PyAVInit', 'PyAVDecode'),
+            ('OpenCV', 'OpenCVInit', 'OpenCVDecode'))
+
+
+def clip_indices(total: int, clip_len: int, interval: int,
+                 seed: int) -> List[int]:
+    """Frame indices of a training clip, offset drawn as ``SampleFrames``."""
+    rng = np.random.default_rng(seed)
+    start = int(rng.integers(0, total - clip_len * interval + 1))
+    return [start + i * interval for i in range(clip_len)]
+
+
+def lever_tables(root: str, videos: int, rounds: int) -> None:
+    """Decode-only CPU per clip of other encodings, and of other decoders
+    through MMAction2's own transforms."""
+    import decord
+    from mmaction.registry import TRANSFORMS
+    from mmengine.dataset import Compose
+    folder = osp.join(root, 'formats')
+    names = range(min(videos, 3))
+    sizes = {}
+    for j, (name, (codec, options, size)) in enumerate(FORMATS.items(), 1):
+        sizes[name] = 0
+        for i in names:
+            path = osp.join(folder, f'{i}_{j}')
+            frames = (f if size is None else cv2.resize(
+                f, size, interpolation=cv2.INTER_AREA)
+                for f in kinetics_like_frames(i))
+            if codec is None:
+                if not osp.isdir(path):
+                    os.makedirs(path)
+                    for k, f in enumerate(frames, 1):
+                        cv2.imwrite(osp.join(path, f'img_{k:05}.jpg'), f,
+                                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+            elif not osp.isfile(path + '.mkv'):
+                os.makedirs(folder, exist_ok=True)
+                write_h264(path + '.mkv', frames, codec, options)
+            sizes[name] += disk_bytes(path) if codec is None else (
+                osp.getsize(path + '.mkv'))
+    shapes = ((32, 2), (16, 4), (8, 8))
+    best: Dict[Tuple, float] = {}
+    for _ in range(rounds):
+        for j, (name, (codec, _, _)) in enumerate(FORMATS.items(), 1):
+            for t, r in shapes:
+                start = time.process_time()
+                for i in names:
+                    path = osp.join(folder, f'{i}_{j}')
+                    for k in range(3):
+                        inds = clip_indices(FRAMES, t, r, k)
+                        if codec is None:
+                            files = sorted(glob.glob(path + '/*.jpg'))
+                            [cv2.imread(files[n]) for n in inds]
+                        else:
+                            decord.VideoReader(path + '.mkv',
+                                               num_threads=1).get_batch(
+                                                   inds).asnumpy()
+                ms = (time.process_time() - start) / (3 * len(names)) * 1e3
+                best[name, t] = min(best.get((name, t), ms), ms)
+        for name, init, decode in DECODERS:
+            for t, r in shapes:
+                pipeline = Compose([TRANSFORMS.build(c) for c in (
+                    dict(type=init), dict(type='SampleFrames', clip_len=t,
+                                          frame_interval=r),
+                    dict(type=decode))])
+                start = time.process_time()
+                for i in names:
+                    for k in range(3):
+                        np.random.seed(k)
+                        pipeline(dict(filename=osp.join(
+                            root, 'videos', 'train', f'v{i:04d}.mp4'),
+                                      start_index=0, modality='RGB'))
+                ms = (time.process_time() - start) / (3 * len(names)) * 1e3
+                best[name, t] = min(best.get((name, t), ms), ms)
+    print('\n### levers: decode-only CPU ms per clip (decord one thread, '
+          'or cv2.imread; least of interleaved rounds)\n')
+    print('| encoding of the same frames | 32 x 2 | 16 x 4 | 8 x 8 | MB per '
+          '10 s video |')
+    print('|---|---|---|---|---|')
+    for name in FORMATS:
+        print(f'| {name} | ' + ' | '.join(
+            f'{best[name, t]:.1f}' for t, _ in shapes) +
+              f' | {sizes[name] / len(names) / 1e6:.2f} |')
+    print('\n| decoder (MMAction2 transforms, source H.264) | 32 x 2 | '
+          '16 x 4 | 8 x 8 |')
+    print('|---|---|---|---|')
+    for name, _, _ in DECODERS:
+        print(f'| {name} | ' + ' | '.join(
+            f'{best[name, t]:.1f}' for t, _ in shapes) + ' |')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--videos', type=int, default=6,
@@ -191,6 +299,10 @@ def main() -> None:
                         '(default 37.0; README: 37.5-40.8 on the H200)')
     parser.add_argument('--workers', type=int, default=None,
                         help='processes of the preparation (default: all)')
+    parser.add_argument('--levers', action='store_true',
+                        help='also time other encodings (keyframe '
+                        'interval, all-intra, MJPEG, JPEG frames) and '
+                        'decoders (decord, PyAV, OpenCV)')
     parser.add_argument('--work-dir', default='work_dirs/bench_data_cost')
     args = parser.parse_args()
     cv2.setNumThreads(1)
@@ -206,6 +318,8 @@ def main() -> None:
           f'{disk_bytes(osp.join(root, "rawframes")) / args.videos / 1e6:.2f}'
           f' MB/video); load average {os.getloadavg()[0]:.1f} '
           f'on {os.cpu_count()} cores')
+    if args.levers:
+        lever_tables(root, args.videos, args.rounds)
     results = {}
     for fmt in args.data:
         cfg = i3d_config(root, fmt)

@@ -271,4 +271,3 @@ def plot_timeline(schedule: MultiGridSchedule, result: dict, path: str,
     ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
-

@@ -285,4 +285,3 @@ class PreparedFrameInit(BaseTransform):
 def copy_folder(root: str, short_side: int) -> str:
     """Folder of a prepared copy at ``short_side`` pixels under ``root``."""
     return osp.join(root, f'short{short_side}')
-
