@@ -14,6 +14,7 @@ source at full resolution. Every sample is written to a temporary folder and
 renamed when complete, so a killed run resumes where it stopped and a second
 run writes nothing.
 """
+import itertools
 import json
 import os
 import os.path as osp
@@ -151,7 +152,7 @@ def prepare_sample(task: dict) -> Tuple[str, str, str]:
             os.makedirs(part)
         if task['kind'] == 'video':
             frames = _video_frames(task['source'])
-            names = (FRAME_TMPL.format(i + 1) for i in range(10**9))
+            names = (FRAME_TMPL.format(i) for i in itertools.count(1))
         else:
             frames = _rawframes(task['source'], task['names'])
             names = iter(task['names'])
@@ -249,7 +250,7 @@ def prepare(config: str, out: str, workers: Optional[int] = None,
     Raises:
         ValueError: on a config the copy cannot serve.
     """
-    from .cli import ADD_MULTI_GRID, load_config
+    from .cli import ADD_MULTI_GRID, load_config  # cli imports this module
     if not 1 <= quality <= 100:
         raise ValueError(f'prepare: --quality must be in [1, 100], got '
                          f'{quality}.')

@@ -9,6 +9,7 @@ from mmaction.registry import TRANSFORMS
 from mmengine.dataset import Compose
 from mmengine.registry import init_default_scope
 
+from mmaction_multigrid.convert import convert_config, validate_options
 from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
 from mmaction_multigrid.pipeline import random_interval, reduced_decode
 from mmaction_multigrid.synthetic import dataset_cfg
@@ -170,3 +171,25 @@ def test_reduced_decode_keeps_full_size_when_the_resize_barely_shrinks(
         total_frames=40, filename_tmpl=cfg['filename_tmpl'],
         modality='RGB', start_index=1, offset=0))
     assert results['img_shape'] == (48, 64)
+
+
+@pytest.mark.parametrize('key, value', [('temporal_sampling', 'uniform'),
+                                        ('reduced_decode', 'yes'),
+                                        ('prepared_copy', 3)])
+def test_data_path_options_are_validated(key, value):
+    with pytest.raises(ValueError, match=f'multi_grid.{key}'):
+        validate_options({key: value})
+
+
+def test_data_path_options_reach_the_dataset(videos):
+    """The converted config hands the options to MultiGridDataset."""
+    cfg = dict(
+        multi_grid=dict(temporal_sampling='random', reduced_decode=False),
+        train_dataloader=dict(batch_size=2, dataset=dataset_cfg(
+            videos, stock_pipeline('video') + [
+                dict(type='FormatShape', input_format='NCTHW')])),
+        train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=10),
+        param_scheduler=[dict(type='MultiStepLR', milestones=[4, 8])])
+    dataset = convert_config(cfg)['train_dataloader']['dataset']
+    assert (dataset['temporal_sampling'], dataset['reduced_decode'],
+            dataset['prepared_copy']) == ('random', False, None)
