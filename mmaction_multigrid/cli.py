@@ -194,13 +194,16 @@ def measure_plan(cfg: Config, schedule: MultiGridSchedule,
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     workers = (args.workers if args.workers is not None else
                cfg.train_dataloader.get('num_workers', 0))
-    where = device
+    where, threads = device, torch.get_num_threads()
     if device == 'cpu':
         # Training leaves the data workers their cores, as the demo does;
         # compute threads competing with them run many times slower.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
         where = f'cpu ({torch.get_num_threads()} threads)'
-    timings, samples = measure(cfg, args.iters, args.clips, device)
+    try:
+        timings, samples = measure(cfg, args.iters, args.clips, device)
+    finally:
+        torch.set_num_threads(threads)
     per_gpu = (args.samples or samples) // args.gpus
     text, result = report(schedule, timings, per_gpu, max(1, workers),
                           where)

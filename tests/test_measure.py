@@ -4,6 +4,7 @@ import os.path as osp
 import re
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule, main
@@ -37,6 +38,7 @@ def rows(text: str, pattern: str) -> list:
 
 
 def test_measure_predicts_the_sum_of_its_shapes(config, tmp_path, capsys):
+    threads = torch.get_num_threads()
     assert main(['plan', config, '--out', str(tmp_path), '--measure',
                  '--iters', '1', '--clips', '2', '--workers',
                  str(WORKERS), '--device', 'cpu']) == 0
@@ -83,3 +85,4 @@ def test_measure_predicts_the_sum_of_its_shapes(config, tmp_path, capsys):
     assert named.startswith(', '.join(
         str(i) for i, b in enumerate(stage_bound) if b == 'data') or 'none')
     assert osp.isfile(str(tmp_path / 'tiny_multigrid_measure.png'))
+    assert torch.get_num_threads() == threads  # restored after timing
