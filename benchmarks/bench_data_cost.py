@@ -10,6 +10,7 @@ least of a few interleaved rounds, so that every cell sees the same load) at
 every batch shape of the multigrid schedule and at the stock shape, for:
 
 - ``today``: the package before this data path (fixed span, full decode);
+- ``defaults``: no preparation, the defaults (``reduced_decode=True``);
 - ``levers``: no preparation: ``temporal_sampling='random'`` and
   ``reduced_decode=True``;
 - ``prepared``: the copy of ``python -m mmaction_multigrid prepare``
@@ -60,6 +61,7 @@ FPS = 30
 FRAMES = 300
 VARIANTS = {
     'today': dict(temporal_sampling='span', reduced_decode=False),
+    'defaults': dict(temporal_sampling='span', reduced_decode=True),
     'levers': dict(temporal_sampling='random', reduced_decode=True),
     'prepared': dict(temporal_sampling='span', reduced_decode=True),
     'prepared+random': dict(temporal_sampling='random', reduced_decode=True),
@@ -290,7 +292,8 @@ def main() -> None:
                         help='rounds over all cells, each cell keeping its '
                         'least CPU time (default 3)')
     parser.add_argument('--data', nargs='+', default=['video', 'rawframes'])
-    parser.add_argument('--variants', nargs='+', default=list(VARIANTS))
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS),
+                        choices=list(VARIANTS))
     parser.add_argument('--stock-ms', type=float, default=37.0,
                         help='GPU ms per stock iteration (default: H200 '
                         'fp32, README)')
