@@ -104,7 +104,8 @@ class MultiGridDataset:
             Defaults to ``'span'``.
         reduced_decode (bool): Whether rawframes are decoded at a reduced
             size where the shape's first resize shrinks them at least 2x.
-            Defaults to False.
+            Defaults to False (the config conversion passes
+            ``multi_grid.reduced_decode``, True by default).
         prepared_copy (str, optional): Folder written by ``python -m
             mmaction_multigrid prepare``; each smaller shape reads the
             smallest copy that is not smaller than its first resize.

@@ -244,3 +244,9 @@ def test_rawframe_source(tmp_path):
                                             '01_000')
     assert results['original_shape'] == (36, 48)
     assert dataset[1]['original_shape'] == SOURCE
+
+
+def test_unfinished_copy_is_a_config_error(tmp_path, data):
+    cfg = dataset_cfg(data, Config.fromfile(DEMO_CONFIG).train_pipeline)
+    with pytest.raises(ValueError, match='multi_grid.prepared_copy'):
+        MultiGridDataset(cfg, prepared_copy=str(tmp_path))
