@@ -19,15 +19,19 @@ from .runner import MultiGridRunner, install_switch
 from .samplers import ShortCycleBatchSampler
 from .schedule import MultiGridSchedule
 from .schedulers import MultiGridLR
+from .transforms import (PreparedFrameInit, RandomIntervalSampleFrames,
+                         ReducedRawFrameDecode)
 from .version import __version__
 
 install_switch()
 allow_mmengine_checkpoints()
 
 __all__ = [
-    'ExactResumeHook', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR', 'MultiGridRunner',
-    'MultiGridSchedule', 'MultiGridTrainLoop', 'ShapedIndex',
-    'PreciseBNHook', 'ShortCycleBatchSampler', 'SubBatchNorm3d',
-    'allow_mmengine_checkpoints', 'convert_config', 'convert_sub_batch_bn',
-    'install_switch', 'multigrid_collate', 'validate_options', '__version__'
+    'ExactResumeHook', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR',
+    'MultiGridRunner', 'MultiGridSchedule', 'MultiGridTrainLoop',
+    'PreciseBNHook', 'PreparedFrameInit', 'RandomIntervalSampleFrames',
+    'ReducedRawFrameDecode', 'ShapedIndex', 'ShortCycleBatchSampler',
+    'SubBatchNorm3d', 'allow_mmengine_checkpoints', 'convert_config',
+    'convert_sub_batch_bn', 'install_switch', 'multigrid_collate',
+    'validate_options', '__version__'
 ]

@@ -1,8 +1,10 @@
-"""Command line: ``python -m mmaction_multigrid plan|demo``.
+"""Command line: ``python -m mmaction_multigrid plan|demo|prepare``.
 
 ``plan CONFIG`` prints and plots the multigrid schedule of a config without
 building anything. ``demo`` generates a small video set and trains the
-shipped demo config through the MMEngine Runner.
+shipped demo config through the MMEngine Runner. ``prepare CONFIG --out
+DIR`` writes reduced-resolution copies of the train set for the small
+shapes, and a config that reads them.
 """
 import argparse
 import os
@@ -184,7 +186,39 @@ def plan(args: argparse.Namespace) -> int:
     plot_plan(schedule, base_lr, path,
               f'{name}\nmultigrid: {1 / compute:.2f}x less compute')
     print(f'plot: {path}')
+    if args.measure:
+        measure_plan(cfg, schedule, args, name)
     return 0
+
+
+def measure_plan(cfg: Config, schedule: MultiGridSchedule,
+                 args: argparse.Namespace, name: str) -> None:
+    """Time model and data at every shape, print and plot the prediction."""
+    import torch
+
+    from .measure import measure, plot_timeline, report
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    workers = (args.workers if args.workers is not None else
+               cfg.train_dataloader.get('num_workers', 0))
+    where, threads = device, torch.get_num_threads()
+    if device == 'cpu':
+        # Training leaves the data workers their cores, as the demo does;
+        # compute threads competing with them run many times slower.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+        where = f'cpu ({torch.get_num_threads()} threads)'
+    try:
+        timings, samples = measure(cfg, args.iters, args.clips, device)
+    finally:
+        torch.set_num_threads(threads)
+    per_gpu = (args.samples or samples) // args.gpus
+    text, result = report(schedule, timings, per_gpu, max(1, workers),
+                          where)
+    print(text)
+    path = osp.join(args.out, f'{name}_multigrid_measure.png')
+    plot_timeline(schedule, result, path,
+                  f'{name}: predicted {result["stock_s"] / 3600:.2f} h stock,'
+                  f' {result["multigrid_s"] / 3600:.2f} h multigrid')
+    print(f'plot: {path}')
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -223,6 +257,23 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_cmd(args: argparse.Namespace) -> int:
+    """Write the prepared copy of a config's train set."""
+    from .prepare import prepare
+    report = prepare(args.config, args.out, args.workers, args.quality,
+                     args.cfg_options)
+    for source, error in report['corrupt']:
+        print(f'skipped unreadable sample {source}: {error}')
+    print(f'prepare: {report["samples"]} samples: {report["written"]} '
+          f'written, {report["skipped"]} already done, '
+          f'{len(report["corrupt"])} unreadable (left out of the annotation '
+          f'file); {report["seconds"]:.1f} s, copies '
+          f'{report["bytes"] / 2**20:.1f} MiB at short sides '
+          f'{report["short_sides"]}')
+    print(f'config: {report["config"]}')
+    return 0
+
+
 def scale_epochs(cfg: Config, epochs: int) -> None:
     """Stretch the stock schedule of ``cfg`` (warm-up, steps) to ``epochs``.
 
@@ -245,8 +296,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
         prog='python -m mmaction_multigrid',
-        description='Multigrid training for MMAction2: plan a schedule or '
-        'run the demo.')
+        description='Multigrid training for MMAction2: plan a schedule, '
+        'run the demo, or prepare a train set.')
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser(
         'plan', help='print and plot the multigrid schedule of a config',
@@ -261,6 +312,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='override config settings, as in tools/train.py; '
         '`multi_grid.long_cycle=True` or `multi_grid={}` adds multigrid '
         'with its defaults to a stock config')
+    p.add_argument('--measure', action='store_true',
+                   help='time the model at every shape on this device and '
+                   'the train pipeline on the train set, and predict the '
+                   'wall-clock of stock vs multigrid')
+    p.add_argument('--iters', type=int, default=3,
+                   help='--measure: timed iterations per shape (default 3)')
+    p.add_argument('--clips', type=int, default=8,
+                   help='--measure: clips loaded per shape (default 8)')
+    p.add_argument('--workers', type=int,
+                   help='--measure: data workers per GPU (default: '
+                   'train_dataloader.num_workers)')
+    p.add_argument('--gpus', type=int, default=1,
+                   help='--measure: GPUs the train set is split over '
+                   '(default 1)')
+    p.add_argument('--samples', type=int,
+                   help='--measure: training clips per epoch to predict for '
+                   '(default: the train set\'s)')
+    p.add_argument('--device', help='--measure: torch device (default: '
+                   'the GPU if there is one)')
     d = sub.add_parser(
         'demo', help='train a small model on generated videos',
         description='Generate a small labelled video set and train the '
@@ -271,6 +341,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     d.add_argument('--epochs', type=int,
                    help='epochs of the stock schedule (multigrid trains 1.5x '
                    'as many); default: the config\'s')
+    r = sub.add_parser(
+        'prepare', help='write reduced-resolution copies for small shapes',
+        description='Write the train set of CONFIG as JPEG frames at the '
+        'reduced short sides its multigrid shapes resize to, and '
+        'OUT/<config>.py that trains from them (the default shape still '
+        'reads the source). Resumable and idempotent.')
+    r.add_argument('config', help='config file with `multi_grid`')
+    r.add_argument('--out', required=True, help='output folder')
+    r.add_argument('--workers', type=int,
+                   help='processes (default: all cores)')
+    r.add_argument('--quality', type=int, default=90,
+                   help='JPEG quality of the copies (default: 90)')
+    r.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        help='override config settings, as in tools/train.py')
     return parser.parse_args(argv)
 
 
@@ -286,7 +371,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         int: Exit status: 0, or 2 on a config error.
     """
     args = parse_args(argv)
-    command = plan if args.command == 'plan' else demo
+    command = dict(plan=plan, demo=demo, prepare=prepare_cmd)[args.command]
     try:
         return command(args)
     except (ValueError, OSError) as error:

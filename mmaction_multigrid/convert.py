@@ -25,6 +25,9 @@ DEFAULTS = dict(
     default_s=None,
     bn_base_size='auto',
     precise_bn=None,
+    temporal_sampling='span',
+    reduced_decode=True,
+    prepared_copy=None,
 )
 # Keys the 0.x tutorial put into the train dataset dict; now unnecessary.
 TUTORIAL_DATASET_KEYS = ('short_cycle_factors', 'default_s')
@@ -114,6 +117,18 @@ def validate_options(options: dict) -> dict:
                  or _is_count(precise['interval']))):
         _fail('precise_bn', 'must be None or dict(num_iters=N) with N >= 1 '
               f'(and optionally interval=K epochs, K >= 1), got {precise!r}.')
+    if opts['temporal_sampling'] not in ('span', 'random'):
+        _fail('temporal_sampling', "must be 'span' (keep the stock span) or "
+              "'random' (interval drawn per clip from [r, r*T/t]), got "
+              f"{opts['temporal_sampling']!r}.")
+    if not isinstance(opts['reduced_decode'], bool):
+        _fail('reduced_decode', 'must be True or False, got '
+              f"{opts['reduced_decode']!r}.")
+    if opts['prepared_copy'] is not None and not isinstance(
+            opts['prepared_copy'], str):
+        _fail('prepared_copy', 'must be None or the folder written by '
+              '`python -m mmaction_multigrid prepare`, got '
+              f"{opts['prepared_copy']!r}.")
     return opts
 
 
@@ -312,8 +327,11 @@ def convert_config(cfg):
     if opts['bn_base_size'] == 'auto':
         opts['bn_base_size'] = batch_size
     drop_last = loader.pop('drop_last', True)
-    loader['dataset'] = dict(type='MultiGridDataset',
-                             dataset=loader['dataset'])
+    loader['dataset'] = dict(
+        type='MultiGridDataset', dataset=loader['dataset'],
+        temporal_sampling=opts['temporal_sampling'],
+        reduced_decode=opts['reduced_decode'],
+        prepared_copy=opts['prepared_copy'])
     loader['batch_sampler'] = dict(type='ShortCycleBatchSampler',
                                    drop_last=drop_last, schedule=args)
     if loader.get('collate_fn', dict(type='pseudo_collate')) == dict(

@@ -9,15 +9,21 @@ An index may also carry the sample's seed (see :mod:`.rng`): the sample
 is then augmented the same whichever process loads it.
 """
 import copy
+import json
 import logging
+import os.path as osp
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from mmaction.registry import DATASETS, TRANSFORMS
 from mmengine.dataset import BaseDataset, Compose
 from mmengine.logging import print_log
 
-from .pipeline import reshape_pipeline
+from .pipeline import (clip_params, random_interval, read_copy,
+                       reduced_decode, reshape_pipeline, select_copy)
 from .rng import seeded
+from .transforms import copy_folder
+
+MANIFEST = 'prepared.json'
 
 
 class ShapedIndex(NamedTuple):
@@ -146,6 +152,18 @@ class MultiGridDataset:
             shape.
         lazy_init (bool): Whether to defer loading the annotations.
             Defaults to False.
+        temporal_sampling (str): ``'span'``: a shape of ``t`` frames keeps
+            the stock span (interval ``r*T/t``); ``'random'``: the interval
+            is drawn per clip from ``[r, r*T/t]`` (PySlowFast).
+            Defaults to ``'span'``.
+        reduced_decode (bool): Whether rawframes are decoded at a reduced
+            size where the shape's first resize shrinks them at least 2x.
+            Defaults to False (the config conversion passes
+            ``multi_grid.reduced_decode``, True by default).
+        prepared_copy (str, optional): Folder written by ``python -m
+            mmaction_multigrid prepare``; each smaller shape reads the
+            smallest copy that is not smaller than its first resize.
+            Defaults to None.
 
     Note:
         A sample whose pipeline raises (a corrupt video) is skipped: another
@@ -160,7 +178,9 @@ class MultiGridDataset:
     """
 
     def __init__(self, dataset: Union[dict, BaseDataset],
-                 lazy_init: bool = False) -> None:
+                 lazy_init: bool = False, temporal_sampling: str = 'span',
+                 reduced_decode: bool = False,
+                 prepared_copy: Optional[str] = None) -> None:
         if not isinstance(dataset, dict):
             raise TypeError(
                 'MultiGridDataset needs the dataset *config* (a dict) to '
@@ -176,6 +196,11 @@ class MultiGridDataset:
         ]
         self._pipelines: Dict[Tuple[int, ShapedIndex], SkipBroken] = {}
         self._metainfo = copy.deepcopy(self.dataset.metainfo)
+        self.temporal_sampling = temporal_sampling
+        self.reduced_decode = reduced_decode
+        self.prepared_copy = prepared_copy
+        self._copy = None if prepared_copy is None else _manifest(
+            prepared_copy)
         self._fully_initialized = False
         if not lazy_init:
             self.full_init()
@@ -202,9 +227,28 @@ class MultiGridDataset:
             cfg = reshape_pipeline(self._leaves[leaf][1], shape.clip_len,
                                    shape.frame_interval,
                                    (shape.height, shape.width))
+            cfg = self._data_path(leaf, cfg)
             self._pipelines[key] = SkipBroken(
                 Compose([TRANSFORMS.build(t) for t in cfg]), self._failures)
         return self._pipelines[key]
+
+    def _data_path(self, leaf: int, cfg: List[dict]) -> List[dict]:
+        """Apply the data-path options to a reshaped pipeline config."""
+        dataset, stock = self._leaves[leaf]
+        if self.temporal_sampling == 'random':
+            clip_len, interval = clip_params(stock)
+            cfg = random_interval(cfg, interval, clip_len)
+        if self._copy is not None:
+            side = select_copy(cfg, self._copy['short_sides'])
+            if side is not None:
+                source = self._copy['source']
+                cfg = read_copy(
+                    cfg, copy_folder(self.prepared_copy, side),
+                    dataset.data_prefix['video' if source == 'video' else
+                                        'img'], source)
+        if self.reduced_decode:
+            cfg = reduced_decode(cfg)
+        return cfg
 
     def __getitem__(self, idx: Union[int, ShapedIndex, tuple]) -> dict:
         shape: Optional[ShapedIndex] = None
@@ -216,3 +260,19 @@ class MultiGridDataset:
                              self._pipeline(i, shape))
         with seeded(None if shape is None else shape.seed):
             return self.dataset[idx]
+
+
+def _manifest(root: str) -> dict:
+    """The manifest of a prepared copy (its resolutions and source kind).
+
+    Raises:
+        ValueError: if ``root`` holds no finished copy.
+    """
+    path = osp.join(root, MANIFEST)
+    if not osp.isfile(path):
+        raise ValueError(
+            f'multi_grid.prepared_copy={root!r} has no {MANIFEST}: run '
+            '`python -m mmaction_multigrid prepare CONFIG --out DIR` to '
+            'the end, or remove multi_grid.prepared_copy.')
+    with open(path) as f:
+        return json.load(f)

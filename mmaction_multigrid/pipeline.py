@@ -211,3 +211,160 @@ def check_format(pipeline: Sequence[dict]) -> None:
                     'multi_grid: the train pipeline formats clips as '
                     f"FormatShape(input_format='{fmt}'); multigrid needs "
                     "a 3D recogniser fed with input_format='NCTHW'.")
+
+
+# ------------------------------------------------------------ data path --
+VIDEO_READERS = {'DecordInit': 'DecordDecode', 'PyAVInit': 'PyAVDecode',
+                 'OpenCVInit': 'OpenCVDecode'}
+TEMPORAL_SAMPLING = ('span', 'random')
+
+
+def _decode_index(pipeline: Sequence[dict]) -> Optional[int]:
+    """Index of the frame decoder (video or rawframes), or None."""
+    decoders = set(VIDEO_READERS.values()) | {'RawFrameDecode'}
+    found = [i for i, t in enumerate(pipeline) if _type(t) in decoders]
+    return found[0] if found else None
+
+
+def decode_resize(pipeline: Sequence[dict]) -> Optional[dict]:
+    """The ``Resize`` right after the decoder, or None.
+
+    Only a resize that comes before any crop or other size change fixes how
+    large a decoded frame must be.
+    """
+    index = _decode_index(pipeline)
+    if index is None:
+        return None
+    for transform in pipeline[index + 1:]:
+        kind = _type(transform)
+        if kind == 'Resize':
+            return transform
+        if kind in SIZE_ARGS or kind in ('RandomResizedCrop',
+                                         'RandomRescale'):
+            return None
+    return None
+
+
+def decode_short_side(pipeline: Sequence[dict]) -> Optional[int]:
+    """Short side that the resize after decoding asks for, if it is one.
+
+    ``Resize(scale=(-1, s))`` (or ``(s, -1)``) with ``keep_ratio`` asks for
+    a short side of ``s``; any other resize gives None.
+    """
+    resize = decode_resize(pipeline)
+    if resize is None or not resize.get('keep_ratio', True):
+        return None
+    scale = resize.get('scale')
+    if isinstance(scale, (tuple, list)) and sorted(scale)[0] == -1:
+        return int(max(scale))
+    return None
+
+
+def random_interval(pipeline: Sequence[dict], stock_interval: int,
+                    stock_clip_len: int) -> List[dict]:
+    """Draw the frame interval per clip, as the multigrid authors do.
+
+    At a shape of ``t < T`` frames whose ``SampleFrames`` has interval
+    ``r*T/t``, the sampler becomes ``RandomIntervalSampleFrames`` drawing
+    from ``[r, r*T/t]``; at ``t >= T`` the pipeline is unchanged.
+
+    Args:
+        pipeline: A reshaped pipeline config.
+        stock_interval: ``r`` of the stock pipeline.
+        stock_clip_len: ``T`` of the stock pipeline.
+
+    Returns:
+        list[dict]: A new pipeline config.
+    """
+    new = [dict(t) for t in pipeline]
+    index = find_sampler(new)
+    sampler = new[index]
+    high = int(sampler.get('frame_interval', 1))
+    if (_type(sampler) != 'SampleFrames' or sampler['clip_len'] >=
+            stock_clip_len or high <= stock_interval):
+        return new
+    sampler = dict(sampler, type='RandomIntervalSampleFrames',
+                   interval_range=(stock_interval, high))
+    sampler.pop('frame_interval', None)
+    new[index] = sampler
+    return new
+
+
+def reduced_decode(pipeline: Sequence[dict]) -> List[dict]:
+    """Decode JPEG frames at a reduced size where the next resize allows.
+
+    ``RawFrameDecode`` followed by a ``Resize`` becomes
+    ``ReducedRawFrameDecode`` with that resize's arguments; anything else is
+    unchanged.
+
+    Args:
+        pipeline: A pipeline config.
+
+    Returns:
+        list[dict]: A new pipeline config.
+    """
+    new = [dict(t) for t in pipeline]
+    index = _decode_index(new)
+    resize = decode_resize(new)
+    if index is None or resize is None or _type(
+            new[index]) != 'RawFrameDecode' or (
+                new[index].get('decoding_backend', 'cv2') != 'cv2'):
+        return new
+    decode = dict(new[index], type='ReducedRawFrameDecode',
+                  scale=resize['scale'],
+                  keep_ratio=resize.get('keep_ratio', True))
+    decode.pop('decoding_backend', None)
+    new[index] = decode
+    return new
+
+
+def select_copy(pipeline: Sequence[dict],
+                short_sides: Sequence[int]) -> Optional[int]:
+    """Short side of the smallest prepared copy a pipeline can read.
+
+    Args:
+        pipeline: A reshaped pipeline config.
+        short_sides: Short sides of the prepared copies.
+
+    Returns:
+        int | None: The smallest copy at least as large as the resize after
+        decoding asks for (so nothing is upsampled), or None when no copy
+        is large enough or the pipeline's resize is not a short-side one.
+    """
+    wanted = decode_short_side(pipeline)
+    if wanted is None:
+        return None
+    usable = [s for s in short_sides if s >= wanted]
+    return min(usable) if usable else None
+
+
+def read_copy(pipeline: Sequence[dict], copy_root: str, source_root: str,
+              source: str) -> List[dict]:
+    """Read frames from a prepared copy instead of the source.
+
+    The video reader's init becomes ``PreparedFrameInit`` and its decoder
+    ``RawFrameDecode``; a rawframe pipeline gets ``PreparedFrameInit`` first.
+
+    Args:
+        pipeline: A pipeline config.
+        copy_root: Folder of the copy at the chosen resolution.
+        source_root: The dataset's data prefix.
+        source: ``'video'`` or ``'rawframes'``.
+
+    Returns:
+        list[dict]: A new pipeline config.
+    """
+    init = dict(type='PreparedFrameInit', copy_root=copy_root,
+                source_root=source_root, source=source)
+    new = []
+    for transform in pipeline:
+        kind = _type(transform)
+        if kind in VIDEO_READERS:
+            new.append(init)
+        elif kind in VIDEO_READERS.values():
+            new.append(dict(type='RawFrameDecode'))
+        else:
+            new.append(dict(transform))
+    if source == 'rawframes':
+        new.insert(0, init)
+    return new
