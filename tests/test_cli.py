@@ -80,9 +80,10 @@ ERRORS = [
         'multigrid needs a 3D recogniser', id='tsn'),
     pytest.param(
         osp.join(STOCK, 'slowfast',
-                 'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'), ADD,
-        'multi_grid needs a step LR schedule: param_scheduler has '
-        'CosineAnnealingLR', id='cosine'),
+                 'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'),
+        ADD + ['param_scheduler.1.type=OneCycleLR'],
+        'param_scheduler OneCycleLR has no multigrid rule',
+        id='no-rule-scheduler'),
     pytest.param(
         I3D, ADD + ['train_dataloader.dataset.pipeline.1.type='
                     'UniformSampleFrames'], 'pipeline has no SampleFrames',
