@@ -273,7 +273,9 @@ def schedule_args(cfg: dict, opts: Optional[dict] = None) -> dict:
             'type', 'EpochBasedTrainLoop')) not in ('EpochBasedTrainLoop',
                                                     'MultiGridTrainLoop')
             or not train_cfg.get('by_epoch', True)):
-        raise ValueError('multi_grid needs epoch-based training: set '
+        loop = type_name(train_cfg.get('type', 'EpochBasedTrainLoop'))
+        raise ValueError('multi_grid needs epoch-based training with one '
+                         f'train loader (train_cfg has type {loop}): set '
                          'train_cfg=dict(type="EpochBasedTrainLoop", '
                          'max_epochs=...).')
     leaves = _leaf_datasets(cfg['train_dataloader']['dataset'])
