@@ -492,8 +492,8 @@ def convert_sub_batch_bn(model: nn.Module, base_size: int) -> nn.Module:
     return model
 
 
-def plain_bn_layers(model: nn.Module) -> Tuple[List[Tuple[str, str]],
-                                                Dict[str, int]]:
+def plain_bn_layers(
+        model: nn.Module) -> Tuple[List[Tuple[str, str]], Dict[str, int]]:
     """Normalisation layers that do not compute sub-batch statistics.
 
     Args:

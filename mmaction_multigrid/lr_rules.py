@@ -138,9 +138,10 @@ def scheduler_terms(schedulers: Sequence[dict], max_epochs: int,
             step = params.pop('step_size')
             params['milestones'] = list(range(step, math.ceil(end - begin),
                                               step))
-        if any(v is None for v in params.values()):
+        missing = sorted(k for k, v in params.items() if v is None)
+        if missing:
             raise ValueError(f'multi_grid: param_scheduler {name} needs '
-                             f'{sorted(k for k, v in params.items() if v is None)}.')
+                             f'{missing}.')
         term.update(params)
         terms.append(term)
     if not terms:
@@ -217,9 +218,10 @@ def phase_ends(max_epochs: int, num_long_cycles: int,
     return [pre * (i + 1) / num_long_cycles for i in range(num_long_cycles)]
 
 
-def equivalent_epoch(epoch: float, spans: Sequence[Tuple[float, float,
-                                                          float, float]]
-                     ) -> float:
+Span = Tuple[float, float, float, float]
+
+
+def equivalent_epoch(epoch: float, spans: Sequence[Span]) -> float:
     """Stock epoch equivalent to multigrid ``epoch``.
 
     Args:

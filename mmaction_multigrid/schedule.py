@@ -388,8 +388,7 @@ class MultiGridSchedule:
         points, rel = self._lr_points
         return rel[bisect.bisect_right(points, epoch) - 1]
 
-    def _compute_lr_spans(self) -> Optional[List[Tuple[float, float, float,
-                                                      float]]]:
+    def _compute_lr_spans(self) -> Optional[List[lr_rules.Span]]:
         """Multigrid and stock epoch spans of each long-cycle phase and of
         the fine-tuning (``lr_rules.equivalent_epoch``); None unless a
         non-step schedule runs with long cycles."""
@@ -515,7 +514,7 @@ class MultiGridSchedule:
         Returns:
             list[dict]: ``stage, begin, end, frames, interval, size, batch``
             (the short-cycle batch sizes) and ``lr`` (LR at the stage's
-            first epoch after warm-up).
+            first epoch: after warm-up for a step schedule).
         """
         rows, begin = [], 0
         for i, stage in enumerate(self.stages):

@@ -487,8 +487,8 @@ def _per_clip_group_bn2d(x, clips, base, weight, bias):
     return out, bns
 
 
-@pytest.mark.parametrize('clips,frames,base', [(8, 4, 2), (6, 3, 4),
-                                                (4, 1, 1)])
+@pytest.mark.parametrize('clips,frames,base',
+                         [(8, 4, 2), (6, 3, 4), (4, 1, 1)])
 def test_bn2d_groups_whole_clips(clips, frames, base):
     from mmaction_multigrid.bn import ClipCount, SubBatchNorm2d
     x = _frames(clips, frames)

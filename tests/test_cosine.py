@@ -22,7 +22,8 @@ R2 = 0.5**0.5
 LONG = ((0.25, R2), (0.5, R2), (0.5, 1), (1, 1))
 SHORT = (0.5, R2)
 SLOWFAST = 'slowfast/slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'
-SWIN = 'swin/swin-tiny-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_kinetics400-rgb.py'
+SWIN = ('swin/swin-tiny-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_'
+        'kinetics400-rgb.py')
 MVIT = 'mvit/mvit-base-p244_u32_sthv2-rgb.py'
 R2PLUS1D = 'r2plus1d/r2plus1d_r34_8xb8-8x8x1-180e_kinetics400-rgb.py'
 SLOWONLY = 'slowonly/slowonly_r50_8xb16-8x8x1-256e_kinetics400-rgb.py'
@@ -215,4 +216,3 @@ def test_step_schedule_args_unchanged():
         'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'))
     assert not {'lr_terms', 'num_long_cycles', 'fine_tune_share',
                 'lr_scaling'} & set(out.param_scheduler[0]['schedule'])
-
