@@ -20,6 +20,14 @@ time/loss and per-validation accuracy go to
     python benchmarks/bench_train.py      # docs/benchmarks.md's table, seed 0
     python benchmarks/bench_train.py --seed 1 --tag _seed1
     python benchmarks/bench_train.py --plot-only
+    python benchmarks/bench_train.py --data rawframes --schedule cosine \
+        --tag _cosine
+
+``--schedule cosine`` replaces the step schedule by the default SlowFast /
+SlowOnly R50 recipe's form: a ``LinearLR`` warm-up over the first tenth
+(per iteration) under a ``CosineAnnealingLR`` over all ``E`` epochs
+(``eta_min=0``, per epoch). ``--optimizer adamw`` trains with AdamW (the
+Video Swin / MViT optimizer) instead of the demo's SGD.
 """
 import argparse
 import ast
@@ -109,12 +117,27 @@ def build_cfg(info: dict, args, multigrid: bool, work_dir: str):
     epochs = args.epochs
     milestones = [round(0.4 * epochs), round(0.8 * epochs)]
     cfg.train_cfg.max_epochs = epochs
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0,
-             end=max(1, epochs // 10), convert_to_iter_based=True),
-        dict(type='MultiStepLR', begin=0, end=epochs, by_epoch=True,
-             milestones=milestones, gamma=0.1)
-    ]
+    warmup = dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0,
+                  end=max(1, epochs // 10), convert_to_iter_based=True)
+    if args.schedule == 'cosine':
+        milestones = []
+        cfg.param_scheduler = [
+            warmup,
+            dict(type='CosineAnnealingLR', T_max=epochs, eta_min=0,
+                 by_epoch=True, begin=0, end=epochs)
+        ]
+    else:
+        cfg.param_scheduler = [
+            warmup,
+            dict(type='MultiStepLR', begin=0, end=epochs, by_epoch=True,
+                 milestones=milestones, gamma=0.1)
+        ]
+    if args.optimizer == 'adamw':
+        cfg.optim_wrapper.optimizer = dict(
+            type='AdamW', lr=args.lr or 1e-3, betas=(0.9, 0.999),
+            weight_decay=0.05)
+    elif args.lr:
+        cfg.optim_wrapper.optimizer.lr = args.lr
     # ~5 validations per run (plus the last epoch), excluded from the time.
     span = epochs * (1.5 if multigrid else 1)
     cfg.train_cfg.val_interval = max(1, int(round(span / 5)))
@@ -167,7 +190,8 @@ def run_one(info: dict, args, multigrid: bool, fmt: str) -> dict:
 
 def report(fmt: str, runs: dict, schedule: MultiGridSchedule) -> str:
     out = [f'\n=== data={fmt}: stock {schedule.stock_max_epochs} epochs '
-           f'{schedule.stock_milestones} vs multigrid '
+           f'{"cosine" if schedule.lr_terms else schedule.stock_milestones}'
+           f' vs multigrid '
            f'{schedule.max_epochs} epochs ===',
            '| run | epochs | iters | clips | train time (s) | clips/s | '
            'data share | val top-1 |', '|---|---|---|---|---|---|---|---|']
@@ -270,6 +294,18 @@ def main() -> None:
                         help='torch threads (default: cores - workers, '
                         'at least 1, as the demo does)')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--schedule', choices=['step', 'cosine'],
+                        default='step',
+                        help='stock LR schedule: step (milestones at 0.4E '
+                        'and 0.8E) or cosine (over E), both after a linear '
+                        'warm-up over E/10')
+    parser.add_argument('--optimizer', choices=['sgd', 'adamw'],
+                        default='sgd',
+                        help='sgd: the demo config\'s; adamw: lr 1e-3, '
+                        'weight decay 0.05, as Video Swin')
+    parser.add_argument('--lr', type=float, default=None,
+                        help='base LR (default: the config\'s, 1e-3 for '
+                        'adamw)')
     parser.add_argument('--only', choices=['stock', 'multigrid'])
     parser.add_argument('--precise-bn', type=int, default=0,
                         help='multigrid run: multi_grid.precise_bn num_iters')
@@ -323,7 +359,9 @@ def main() -> None:
         path = osp.join(RESULTS, f'train_{fmt}{args.tag}.json')
         with open(path, 'w') as f:
             json.dump(dict(fmt=fmt, hardware=hardware(),
-                           epochs=args.epochs, workers=args.workers,
+                           epochs=args.epochs, schedule=args.schedule,
+                           optimizer=args.optimizer, lr=args.lr,
+                           workers=args.workers,
                            threads=threads, seed=args.seed,
                            multi_grid=args.multi_grid,
                            config_multi_grid=cfg.multi_grid.to_dict(),

@@ -10,13 +10,20 @@ costs about what plain BatchNorm costs, on GPUs too. One set of running
 statistics is kept per group; the layer's ``running_mean`` / ``running_var``
 are always their aggregation, so evaluation and checkpoints see an ordinary
 BatchNorm3d.
+
+``BatchNorm2d`` layers of backbones that run a 2D network over the frames
+of the clips (C2D: an (N, C, T, H, W) batch becomes (N*T, C, H, W), the
+frames of each clip contiguous) are grouped by whole clips: the clip count
+comes from the innermost enclosing module that received a 5D input.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmaction.registry import MODELS
+# What MMEngine's revert_sync_batchnorm turns SyncBN layers into (0.10.7).
+from mmengine.model.utils import _BatchNormXd
 from torch import Tensor
 
 
@@ -283,8 +290,110 @@ class SubBatchSyncBatchNorm(_SubBatchMixin, nn.SyncBatchNorm):
         return super().forward(x)
 
 
+class SubBatchNormXd(SubBatchNorm3d):
+    """:class:`SubBatchNorm3d` without the 5D input check: the sub-batch
+    version of MMEngine's ``_BatchNormXd``, which
+    ``revert_sync_batchnorm`` makes of SyncBN layers on one process. 5D
+    inputs larger than ``base_size`` are split, others normalised as
+    by plain BatchNorm.
+
+    Args: as :class:`SubBatchNorm3d`.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        return
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x``; 5D inputs larger than ``base_size`` are split."""
+        if x.dim() == 5:
+            return super().forward(x)
+        if self.training:
+            self.reset_split_stats()
+        return nn.modules.batchnorm._BatchNorm.forward(self, x)
+
+
+class ClipCount:
+    """The number of clips of the batch being forwarded, shared by the
+    :class:`SubBatchNorm2d` layers of one model. Forward pre-hooks on their
+    enclosing modules set it from every 5D (N, C, T, H, W) input, so the
+    innermost such module has the last word."""
+
+    def __init__(self) -> None:
+        self.clips: Optional[int] = None
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], Tensor) and args[0].dim() == 5:
+            self.clips = args[0].shape[0]
+
+
+class SubBatchNorm2d(_SubBatchMixin, nn.BatchNorm2d):
+    """BatchNorm2d over the frames of clips, grouped by whole clips.
+
+    The input is (N*T, C, H, W) with the T frames of each clip contiguous,
+    as in C2D. With N > ``base_size`` clips, clip ``i`` is in group
+    ``i % G`` (``G = ceil(N / base_size)``) and each group is normalised
+    with the statistics of all its frames, as BatchNorm2d over that group's
+    frames alone would; running statistics as in :class:`SubBatchNorm3d`.
+    Otherwise, or while the clip count is unknown, it is
+    :class:`torch.nn.BatchNorm2d`.
+
+    Args:
+        num_features (int): Number of channels C.
+        eps (float): Added to the variance. Defaults to 1e-5.
+        momentum (float, optional): Running statistics momentum; ``None``
+            means a cumulative average. Defaults to 0.1.
+        affine (bool): Learnable weight and bias. Defaults to True.
+        track_running_stats (bool): Keep running statistics. Defaults to True.
+        device (torch.device, optional): Device of the parameters and
+            buffers. Defaults to None.
+        dtype (torch.dtype, optional): Their dtype. Defaults to None.
+        base_size (int): Number of clips per statistics group. Keyword only.
+        clip_count (ClipCount, optional): Where the clip count of the
+            current batch is read. Keyword only. Defaults to None.
+    """
+
+    _abbr_ = 'bn'
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1,
+                 affine: bool = True,
+                 track_running_stats: bool = True,
+                 device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None,
+                 *,
+                 base_size: int,
+                 clip_count: Optional[ClipCount] = None) -> None:
+        super().__init__(num_features, eps, momentum, affine,
+                         track_running_stats, device, dtype)
+        self._init_sub_batch(base_size)
+        self.clip_count = clip_count
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` of shape (N*T, C, H, W)."""
+        self._check_input_dim(x)
+        clips = self.clip_count.clips if self.clip_count else None
+        if clips and x.shape[0] % clips == 0 and self._use_sub_batch(
+                x[:clips]):
+            frames = x.shape[0] // clips
+            clip_major = x.view(clips, frames,
+                                *x.shape[1:]).transpose(1, 2)
+            out = _sub_batch_forward(self, clip_major)
+            return out.transpose(1, 2).reshape(x.shape)
+        if self.training:
+            self.reset_split_stats()
+        return super().forward(x)
+
+
+def is_sub_batch_bn(module: nn.Module) -> bool:
+    """Whether ``module`` is one of the sub-batch BN layers."""
+    return isinstance(module, _SubBatchMixin)
+
+
 def _convert(module: nn.Module, base_size: int,
-             memo: Dict[int, nn.Module]) -> nn.Module:
+             memo: Dict[int, nn.Module],
+             clip_count: ClipCount) -> nn.Module:
     """Return the sub-batch replacement of ``module`` (or ``module``)."""
     if isinstance(module, _SubBatchMixin):
         return module
@@ -294,6 +403,12 @@ def _convert(module: nn.Module, base_size: int,
     elif isinstance(module, nn.BatchNorm3d):
         kwargs = {}
         cls = SubBatchNorm3d
+    elif isinstance(module, nn.BatchNorm2d):
+        kwargs = dict(clip_count=clip_count)
+        cls = SubBatchNorm2d
+    elif type(module) is _BatchNormXd:
+        kwargs = {}
+        cls = SubBatchNormXd
     else:
         return module
     if id(module) in memo:  # a BN shared by several parents
@@ -318,15 +433,35 @@ def _convert(module: nn.Module, base_size: int,
     return new
 
 
+def _eval_in_training(model: nn.Module) -> set:
+    """Ids of the BN layers that ``model.train()`` leaves in eval mode
+    (``norm_eval``, frozen stages); the modes are restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    ids = {
+        id(m)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
+    }
+    for module, training in modes:
+        module.training = training
+    return ids
+
+
 def convert_sub_batch_bn(model: nn.Module, base_size: int) -> nn.Module:
-    """Replace BatchNorm3d / SyncBatchNorm layers by their sub-batch versions.
+    """Replace BatchNorm layers by their sub-batch versions.
 
     Every :class:`torch.nn.BatchNorm3d` (subclasses included) becomes a
-    :class:`SubBatchNorm3d` and every :class:`torch.nn.SyncBatchNorm` a
-    :class:`SubBatchSyncBatchNorm`. The new layers hold the same Parameter
-    and buffer objects, hyper-parameters and training flag, so an optimizer
-    built on ``model`` stays valid and state dicts are interchangeable.
-    Layers that are already sub-batch layers are left as they are.
+    :class:`SubBatchNorm3d`, every :class:`torch.nn.SyncBatchNorm` a
+    :class:`SubBatchSyncBatchNorm`, every :class:`torch.nn.BatchNorm2d` a
+    :class:`SubBatchNorm2d` (grouped by whole clips) and every MMEngine
+    ``_BatchNormXd`` (a reverted SyncBN) a :class:`SubBatchNormXd`. Layers
+    that stay in eval mode during training (``norm_eval``, frozen stages)
+    are left as they are, as are layers that are already sub-batch layers
+    (:func:`plain_bn_layers` lists what stays plain, and why). The new
+    layers hold the same Parameter and buffer objects, hyper-parameters and
+    training flag, so an optimizer built on ``model`` stays valid and state
+    dicts are interchangeable.
 
     Args:
         model (nn.Module): The model, converted in place.
@@ -339,23 +474,75 @@ def convert_sub_batch_bn(model: nn.Module, base_size: int) -> nn.Module:
     """
     _check_base_size(base_size)
     memo: Dict[int, nn.Module] = {}
+    frozen = _eval_in_training(model)
+    clip_count = ClipCount()
+    users: List[str] = []  # where clip_count is read
 
-    def convert(module: nn.Module) -> nn.Module:
-        new = _convert(module, base_size, memo)
+    def convert(module: nn.Module, name: str) -> nn.Module:
+        new = module if id(module) in frozen else _convert(
+            module, base_size, memo, clip_count)
         if new is not module:
+            if isinstance(new, SubBatchNorm2d):
+                users.append(name)
             return new
         # ``named_children`` skips repeated modules; ``_modules`` lists every
         # slot, so a BN shared by several parents is replaced everywhere.
-        for name, child in list(module._modules.items()):
+        for child_name, child in list(module._modules.items()):
             if child is None:
                 continue
-            new_child = convert(child)
+            new_child = convert(child, f'{name}.{child_name}'.lstrip('.'))
             if new_child is not child:
-                setattr(module, name, new_child)
+                setattr(module, child_name, new_child)
         return module
 
-    return convert(model)
+    model = convert(model, '')
+    enclosing = {
+        '.'.join(name.split('.')[:i])
+        for name in users for i in range(len(name.split('.')))
+    }
+    for name in sorted(enclosing):
+        model.get_submodule(name).register_forward_pre_hook(clip_count)
+    return model
 
 
-__all__: Tuple[str, ...] = ('SubBatchNorm3d', 'SubBatchSyncBatchNorm',
-                            'convert_sub_batch_bn')
+def plain_bn_layers(
+        model: nn.Module) -> Tuple[List[Tuple[str, str]], Dict[str, int]]:
+    """Normalisation layers that do not compute sub-batch statistics.
+
+    Args:
+        model (nn.Module): A model after :func:`convert_sub_batch_bn`.
+
+    Returns:
+        tuple: ``[(name, reason)]`` for every BatchNorm layer left plain,
+        and ``{class name: count}`` of the layers that normalise each sample
+        on its own (GroupNorm, LayerNorm, ...), which the batch size does not
+        affect.
+    """
+    frozen = _eval_in_training(model)
+    plain, per_sample = [], {}
+    for name, m in model.named_modules():
+        if is_sub_batch_bn(m):
+            continue
+        kind = type(m).__name__
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if id(m) in frozen:
+                reason = ('stays in eval mode during training (norm_eval or '
+                          'a frozen stage): it uses its running statistics')
+            elif isinstance(m, nn.BatchNorm1d):
+                reason = ('BatchNorm1d: its rows are not known to be clips; '
+                          'statistics over the whole batch')
+            else:
+                reason = (f'{kind} is not a BatchNorm type the plugin '
+                          'converts; statistics over the whole batch')
+            plain.append((name, reason))
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm,
+                            nn.modules.instancenorm._InstanceNorm,
+                            nn.LocalResponseNorm)):
+            per_sample[kind] = per_sample.get(kind, 0) + 1
+    return plain, per_sample
+
+
+__all__: Tuple[str, ...] = ('ClipCount', 'SubBatchNorm2d', 'SubBatchNorm3d',
+                            'SubBatchNormXd', 'SubBatchSyncBatchNorm',
+                            'convert_sub_batch_bn', 'is_sub_batch_bn',
+                            'plain_bn_layers')

@@ -67,21 +67,25 @@ def config_schedule(cfg: Config) -> MultiGridSchedule:
                              **loader['batch_sampler']['schedule'])
 
 
-def stock_lr_factor(schedule: MultiGridSchedule, epoch: float) -> float:
-    """LR of the stock step schedule (with its warm-up) relative to base.
+def lr_rule_text(schedule: MultiGridSchedule) -> str:
+    """How the LR of a non-step schedule is adapted, in words.
 
     Args:
-        schedule: The multigrid schedule, which keeps the stock settings.
-        epoch: Fractional epoch.
+        schedule: A schedule with ``lr_terms``.
 
     Returns:
-        float: Multiply the base LR by this.
+        str: One or two lines for ``plan``.
     """
-    factor = schedule.gamma**sum(m <= epoch for m in schedule.stock_milestones)
-    if epoch < schedule.warmup_epochs:
-        start = schedule.warmup_start_factor
-        factor *= start + (1 - start) * epoch / schedule.warmup_epochs
-    return factor
+    stock = ' x '.join(t['type'] for t in schedule.lr_terms)
+    if not schedule.long_cycle:
+        return (f'lr rule: stock {stock} stretched by epoch_factor '
+                f'{schedule.epoch_factor:g} (begin/end/T_max)')
+    ends = ', '.join(f'{e:g}' for e in schedule.stock_milestones)
+    scaling = dict(linear='b', sqrt='sqrt(b)', none='1')[schedule.lr_scaling]
+    return (f'lr rule: stock {stock} at the equivalent stock epoch x '
+            f'{scaling} (b = batch multiplier of the base shape); long '
+            f'cycles over stock epochs ending at {ends}, then fine-tuning '
+            f'to {schedule.stock_max_epochs}')
 
 
 def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
@@ -132,9 +136,11 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     ax_lr.plot(grid, [base_lr * schedule.lr_factor(e) for e in grid],
                color='C3', lw=2, label='multigrid')
     ax_lr.plot([e for e in grid if e <= stock_end],
-               [base_lr * stock_lr_factor(schedule, e) for e in grid
+               [base_lr * schedule.stock_lr_factor(e) for e in grid
                 if e <= stock_end], '--', color='C7', label='stock')
     ax_lr.set_yscale('log')
+    if schedule.lr_terms is not None:
+        ax_lr.set_title(lr_rule_text(schedule), fontsize=8, wrap=True)
     ax_lr.set_ylabel('learning rate')
     ax_lr.set_xlabel('epoch')
     for ax in (ax_t, ax_s, ax_lr):
@@ -158,8 +164,11 @@ def plan(args: argparse.Namespace) -> int:
     print(f'multigrid plan of {args.config} ({schedule.batch_size} clips '
           f'per GPU, base lr {base_lr:.4g}):')
     print(schedule_table(schedule, base_lr))
-    print('lr steps (epoch: lr): ' + ', '.join(
-        f'{p}: {base_lr * f:.4g}' for p, f in zip(points, factors)))
+    if schedule.lr_terms is None:
+        print('lr steps (epoch: lr): ' + ', '.join(
+            f'{p}: {base_lr * f:.4g}' for p, f in zip(points, factors)))
+    else:
+        print(lr_rule_text(schedule))
     if schedule.warmup_epochs:
         print(f'warm-up: linear from '
               f'{base_lr * schedule.warmup_start_factor:.4g} to '

@@ -11,6 +11,7 @@ from typing import List, Optional, Tuple
 
 from mmengine.logging import print_log
 
+from .lr_rules import LR_SCALINGS, is_step_schedule, scheduler_terms
 from .pipeline import (absorb_format, check_format, clip_params,
                        output_size)
 from .schedule import (DEFAULT_LONG_CYCLE_FACTORS,
@@ -28,6 +29,9 @@ DEFAULTS = dict(
     temporal_sampling='span',
     reduced_decode=True,
     prepared_copy=None,
+    lr_scaling='linear',
+    num_long_cycles=2,
+    fine_tune_share=0.2,
 )
 # Keys the 0.x tutorial put into the train dataset dict; now unnecessary.
 TUTORIAL_DATASET_KEYS = ('short_cycle_factors', 'default_s')
@@ -35,6 +39,15 @@ TUTORIAL_DATASET_KEYS = ('short_cycle_factors', 'default_s')
 
 def _fail(key: str, message: str) -> None:
     raise ValueError(f'multi_grid.{key}: {message}')
+
+
+def type_name(value) -> str:
+    """Registered name of a config ``type``: a string (a scope prefix such
+    as ``'mmengine.'`` dropped) or, in pure-Python configs, the class or
+    function itself."""
+    if isinstance(value, str):
+        return value.rsplit('.', 1)[-1]
+    return getattr(value, '__name__', str(value))
 
 
 def _is_number(value) -> bool:
@@ -129,6 +142,16 @@ def validate_options(options: dict) -> dict:
         _fail('prepared_copy', 'must be None or the folder written by '
               '`python -m mmaction_multigrid prepare`, got '
               f"{opts['prepared_copy']!r}.")
+    if opts['lr_scaling'] not in LR_SCALINGS:
+        _fail('lr_scaling', f'must be one of {sorted(LR_SCALINGS)}, got '
+              f'{opts["lr_scaling"]!r}.')
+    cycles = opts['num_long_cycles']
+    if not isinstance(cycles, int) or isinstance(cycles, bool) or cycles < 1:
+        _fail('num_long_cycles', f'must be an int >= 1, got {cycles!r}.')
+    share = opts['fine_tune_share']
+    if not _is_number(share) or not 0 <= share < 1:
+        _fail('fine_tune_share', f'must be a number in [0, 1), got '
+              f'{share!r}.')
     return opts
 
 
@@ -181,32 +204,58 @@ def _as_size(value):
     return tuple(round(float(v), 4) for v in value) if value else value
 
 
-def _step_schedule(cfg: dict) -> Tuple[List[int], float, int, float]:
-    """Milestones, gamma, warm-up epochs and warm-up start factor.
+def _schedulers(cfg: dict) -> List[dict]:
+    """``param_scheduler`` as a list of dicts with class names as ``type``.
 
     Raises:
-        ValueError: for anything but ``MultiStepLR``/``StepLR`` with an
-            optional epoch-based ``LinearLR`` warm-up.
+        ValueError: for a scheduler of another parameter than the LR.
     """
     schedulers = cfg.get('param_scheduler')
     if isinstance(schedulers, dict):
         schedulers = [schedulers]
-    max_epochs = cfg['train_cfg']['max_epochs']
-    steps, warmup = None, None
+    out = []
     for sched in schedulers or []:
-        kind = sched.get('type')
-        if kind in ('MultiStepLR', 'StepLR') and steps is None:
-            steps = sched
-        elif kind == 'LinearLR' and warmup is None:
-            warmup = sched
-        else:
+        sched = dict(sched, type=type_name(sched.get('type')))
+        if not sched['type'].endswith('LR'):
             raise ValueError(
-                f'multi_grid needs a step LR schedule: param_scheduler has '
-                f'{kind}. Use MultiStepLR(milestones=...) with an optional '
-                'LinearLR warm-up (by_epoch=True), or remove multi_grid.')
-    if steps is None:
-        raise ValueError('multi_grid needs a step LR schedule: '
-                         'param_scheduler has no MultiStepLR.')
+                f'multi_grid: param_scheduler {sched["type"]} schedules '
+                'something other than the LR; multigrid replaces the '
+                'schedulers, so it supports LR schedulers only.')
+        out.append(sched)
+    return out
+
+
+def _lr_schedule(cfg: dict, opts: dict) -> dict:
+    """Arguments of :class:`MultiGridSchedule` for the stock LR schedule.
+
+    A ``MultiStepLR``/``StepLR`` with an optional ``LinearLR`` warm-up
+    follows the reference step rule; any other epoch-based schedule of
+    closed-form schedulers (cosine, ...) becomes ``lr_terms``
+    (:mod:`mmaction_multigrid.lr_rules`).
+    """
+    schedulers = _schedulers(cfg)
+    if not is_step_schedule([s['type'] for s in schedulers]):
+        lr = cfg['optim_wrapper']['optimizer']['lr']
+        return dict(milestones=[], lr_terms=scheduler_terms(
+            schedulers, cfg['train_cfg']['max_epochs'], lr),
+                    num_long_cycles=opts['num_long_cycles'],
+                    fine_tune_share=opts['fine_tune_share'])
+    milestones, gamma, warmup_epochs, start = _step_schedule(schedulers,
+                                                             cfg)
+    return dict(milestones=milestones, gamma=gamma,
+                warmup_epochs=warmup_epochs, warmup_start_factor=start)
+
+
+def _step_schedule(schedulers: List[dict],
+                   cfg: dict) -> Tuple[List[int], float, int, float]:
+    """Milestones, gamma, warm-up epochs and warm-up start factor.
+
+    Raises:
+        ValueError: for a step schedule the reference rule cannot follow.
+    """
+    max_epochs = cfg['train_cfg']['max_epochs']
+    steps = next(s for s in schedulers if s['type'] != 'LinearLR')
+    warmup = next((s for s in schedulers if s['type'] == 'LinearLR'), None)
     if not steps.get('by_epoch', True):
         raise ValueError(f'multi_grid: param_scheduler {steps["type"]} must '
                          'be epoch-based (by_epoch=True).')
@@ -243,10 +292,13 @@ def schedule_args(cfg: dict, opts: Optional[dict] = None) -> dict:
     """
     opts = opts or validate_options(cfg['multi_grid'])
     train_cfg = cfg.get('train_cfg') or {}
-    if ('max_epochs' not in train_cfg or train_cfg.get(
-            'type', 'EpochBasedTrainLoop') != 'EpochBasedTrainLoop'
+    if ('max_epochs' not in train_cfg or type_name(train_cfg.get(
+            'type', 'EpochBasedTrainLoop')) not in ('EpochBasedTrainLoop',
+                                                    'MultiGridTrainLoop')
             or not train_cfg.get('by_epoch', True)):
-        raise ValueError('multi_grid needs epoch-based training: set '
+        loop = type_name(train_cfg.get('type', 'EpochBasedTrainLoop'))
+        raise ValueError('multi_grid needs epoch-based training with one '
+                         f'train loader (train_cfg has type {loop}): set '
                          'train_cfg=dict(type="EpochBasedTrainLoop", '
                          'max_epochs=...).')
     leaves = _leaf_datasets(cfg['train_dataloader']['dataset'])
@@ -268,27 +320,26 @@ def schedule_args(cfg: dict, opts: Optional[dict] = None) -> dict:
         _fail('default_s', f'{opts["default_s"]!r} differs from the train '
               f'pipeline output size {size} (height, width); make them '
               'equal or leave default_s out.')
-    milestones, gamma, warmup_epochs, start = _step_schedule(cfg)
-    return dict(
+    args = dict(
         clip_len=clip_len,
         frame_interval=interval,
         size=list(size),
         max_epochs=train_cfg['max_epochs'],
-        milestones=milestones,
-        gamma=gamma,
-        warmup_epochs=warmup_epochs,
-        warmup_start_factor=start,
+        **_lr_schedule(cfg, opts),
         long_cycle=opts['long_cycle'],
         short_cycle=opts['short_cycle'],
         long_cycle_factors=[list(f) for f in opts['long_cycle_factors']],
         short_cycle_factors=list(opts['short_cycle_factors']),
         epoch_factor=opts['epoch_factor'])
+    if opts['lr_scaling'] != 'linear':
+        args['lr_scaling'] = opts['lr_scaling']
+    return args
 
 
 def is_converted(cfg: dict) -> bool:
     """Whether ``cfg`` is already a converted multigrid config."""
     dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
-    return dataset.get('type') == 'MultiGridDataset'
+    return type_name(dataset.get('type')) == 'MultiGridDataset'
 
 
 def convert_config(cfg):
@@ -334,8 +385,9 @@ def convert_config(cfg):
         prepared_copy=opts['prepared_copy'])
     loader['batch_sampler'] = dict(type='ShortCycleBatchSampler',
                                    drop_last=drop_last, schedule=args)
-    if loader.get('collate_fn', dict(type='pseudo_collate')) == dict(
-            type='pseudo_collate'):
+    collate = loader.get('collate_fn', dict(type='pseudo_collate'))
+    if list(collate) == ['type'] and type_name(
+            collate['type']) == 'pseudo_collate':
         loader['collate_fn'] = dict(type='multigrid_collate')
     cfg['param_scheduler'] = [dict(type='MultiGridLR')]
     cfg['train_cfg']['max_epochs'] = schedule.max_epochs

@@ -8,10 +8,11 @@ converts it first; any other config goes through the stock code unchanged.
 """
 from mmaction.registry import PARAM_SCHEDULERS
 from mmengine.optim import OptimWrapperDict
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
-from .bn import convert_sub_batch_bn
+from .bn import convert_sub_batch_bn, plain_bn_layers
 from .convert import convert_config
 from .loops import MultiGridTrainLoop
 from .schedulers import MultiGridLR
@@ -25,7 +26,7 @@ class MultiGridRunner(Runner):
 
     ``from_cfg`` converts the config (see
     :func:`mmaction_multigrid.convert_config`), so the config dumped into the
-    work dir is the converted one. ``build_model`` makes BatchNorm3d layers
+    work dir is the converted one. ``build_model`` makes BatchNorm layers
     sub-batch BN when ``multi_grid.bn_base_size`` is set; their checkpoint
     keys stay those of ``nn.BatchNorm3d``. ``build_train_loop`` runs an
     ``EpochBasedTrainLoop`` config as :class:`MultiGridTrainLoop` (the config
@@ -70,6 +71,32 @@ class MultiGridRunner(Runner):
                 if _is_multigrid_lr(c) else c for c in configs
             ]
         return super().build_param_scheduler(configs)
+    def wrap_model(self, model_wrapper_cfg, model):
+        # MMEngine 0.10.7's wrap_model undoes sub-batch BN: on one process
+        # revert_sync_batchnorm turns SubBatchSyncBatchNorm into plain
+        # _BatchNormXd; with cfg.sync_bn, convert_sync_batchnorm replaces
+        # SubBatchNorm3d by SyncBatchNorm. Convert again after it.
+        model = super().wrap_model(model_wrapper_cfg, model)
+        base_size = (self.cfg.get('multi_grid') or {}).get('bn_base_size')
+        if base_size:
+            inner = model.module if is_model_wrapper(model) else model
+            convert_sub_batch_bn(inner, base_size)
+            self._log_plain_bn(inner)
+        return model
+
+    def _log_plain_bn(self, model) -> None:
+        """Log every BN layer that computes no sub-batch statistics, with
+        the reason, and the per-sample norm layers in one line."""
+        plain, per_sample = plain_bn_layers(model)
+        for name, reason in plain:
+            self.logger.info(f'multi_grid: BN layer {name} left plain: '
+                             f'{reason}.')
+        if per_sample:
+            counts = ', '.join(f'{n} {k}' for k, n in sorted(
+                per_sample.items()))
+            self.logger.info(
+                f'multi_grid: {counts} layer(s) normalise each sample on '
+                'its own; the batch size does not change them.')
 
     def build_train_loop(self, loop):
         if isinstance(loop, dict) and loop.get(

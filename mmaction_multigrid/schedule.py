@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from . import lr_rules
+
 Size = Tuple[int, int]
 
 DEFAULT_LONG_CYCLE_FACTORS = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1),
@@ -125,6 +127,17 @@ class MultiGridSchedule:
             shapes.
         epoch_factor: Total epochs relative to the stock run.
             Defaults to 1.5.
+        lr_terms: Closed-form terms of a non-step stock LR schedule
+            (:func:`~mmaction_multigrid.lr_rules.scheduler_terms`), with
+            ``milestones`` empty; None for a step schedule. Defaults to None.
+        num_long_cycles: With ``lr_terms`` and long cycles, the number of
+            equal phases the long cycle repeats over. Defaults to 2.
+        fine_tune_share: With ``lr_terms`` and long cycles, the share of the
+            stock epochs trained at the default shape at the end.
+            Defaults to 0.2.
+        lr_scaling: How the LR follows the batch multiplier ``b`` of the
+            long-cycle base shape: ``'linear'`` (``b``, the reference),
+            ``'sqrt'`` or ``'none'``. Defaults to ``'linear'``.
     """
 
     def __init__(self,
@@ -143,7 +156,11 @@ class MultiGridSchedule:
                      DEFAULT_LONG_CYCLE_FACTORS),
                  short_cycle_factors: Sequence[float] = (
                      DEFAULT_SHORT_CYCLE_FACTORS),
-                 epoch_factor: float = 1.5) -> None:
+                 epoch_factor: float = 1.5,
+                 lr_terms: Optional[Sequence[dict]] = None,
+                 num_long_cycles: int = 2,
+                 fine_tune_share: float = 0.2,
+                 lr_scaling: str = 'linear') -> None:
         self.args = dict(
             clip_len=clip_len, frame_interval=frame_interval,
             size=list(size) if isinstance(size, (list, tuple)) else size,
@@ -154,6 +171,21 @@ class MultiGridSchedule:
             long_cycle_factors=[list(f) for f in long_cycle_factors],
             short_cycle_factors=list(short_cycle_factors),
             epoch_factor=epoch_factor)
+        # Only when used, so that step schedules keep their settings (and
+        # their checkpoints' saved settings) as before.
+        if lr_terms is not None:
+            self.args.update(lr_terms=[dict(t) for t in lr_terms],
+                             num_long_cycles=num_long_cycles,
+                             fine_tune_share=fine_tune_share)
+        if lr_scaling != 'linear':
+            self.args.update(lr_scaling=lr_scaling)
+        if lr_scaling not in lr_rules.LR_SCALINGS:
+            raise ValueError(
+                f'multi_grid.lr_scaling: {lr_scaling!r} is not one of '
+                f'{sorted(lr_rules.LR_SCALINGS)}.')
+        self.lr_scaling = lr_scaling
+        self.lr_terms = None if lr_terms is None else [
+            dict(t) for t in lr_terms]
         self.clip_len = clip_len
         self.frame_interval = frame_interval
         self.size: Size = (size, size) if isinstance(size, int) else tuple(
@@ -173,7 +205,16 @@ class MultiGridSchedule:
             raise ValueError('multi_grid.long_cycle and multi_grid.'
                              'short_cycle are both False; enable at least '
                              'one of them.')
-        if not self.stock_milestones:
+        if self.lr_terms is not None:
+            if self.stock_milestones:
+                raise ValueError('MultiGridSchedule: give `milestones` or '
+                                 '`lr_terms`, not both.')
+            # The long cycle repeats over equal phases as over a step
+            # schedule's LR stages (lr_rules.phase_ends).
+            if long_cycle:
+                self.stock_milestones = lr_rules.phase_ends(
+                    max_epochs, num_long_cycles, fine_tune_share)
+        elif not self.stock_milestones:
             raise ValueError(
                 'multi_grid needs a step LR schedule: the stock '
                 '`param_scheduler` has no MultiStepLR milestone.')
@@ -192,6 +233,9 @@ class MultiGridSchedule:
         self._check_nonempty()
         # Read every iteration by the LR scheduler: computed once.
         self._lr_points = self._compute_lr_points()
+        self._lr_spans = self._compute_lr_spans()
+        self._stretched_terms = None if self.lr_terms is None else (
+            lr_rules.stretch(self.lr_terms, epoch_factor))
 
     def _check_nonempty(self) -> None:
         """Fail on a schedule without epochs or with an empty batch.
@@ -395,6 +439,65 @@ class MultiGridSchedule:
         points, rel = self._lr_points
         return rel[bisect.bisect_right(points, epoch) - 1]
 
+    def _compute_lr_spans(self) -> Optional[List[lr_rules.Span]]:
+        """Multigrid and stock epoch spans of each long-cycle phase and of
+        the fine-tuning (``lr_rules.equivalent_epoch``); None unless a
+        non-step schedule runs with long cycles."""
+        if self.lr_terms is None or not self.long_cycle:
+            return None
+        steps = [0.0] + list(self.stock_milestones) + [
+            float(self.stock_max_epochs)]
+        spans, begin = [], 0
+        for i, stage in enumerate(self.stages):
+            last = (i + 1 == len(self.stages)
+                    or self.stages[i + 1].lr_stage != stage.lr_stage)
+            if last and stage.end_epoch > begin:
+                spans.append((begin, stage.end_epoch, steps[stage.lr_stage],
+                              steps[stage.lr_stage + 1]))
+            if last:
+                begin = stage.end_epoch
+        return spans
+
+    def equivalent_stock_epoch(self, epoch: float) -> float:
+        """Stock epoch whose LR a multigrid ``epoch`` follows (non-step
+        schedules).
+
+        Args:
+            epoch: Fractional multigrid epoch.
+
+        Returns:
+            float: ``epoch / epoch_factor`` with short cycles only; with
+            long cycles, each phase's multigrid epochs mapped linearly onto
+            its stock epochs.
+        """
+        if self._lr_spans is None:
+            return epoch / self.epoch_factor
+        return lr_rules.equivalent_epoch(epoch, self._lr_spans)
+
+    def stock_lr_factor(self, epoch: float) -> float:
+        """LR of the stock schedule at its own fractional ``epoch``,
+        relative to the base LR.
+
+        Args:
+            epoch: Fractional stock epoch.
+
+        Returns:
+            float: The stock LR factor (warm-up included).
+        """
+        if self.lr_terms is not None:
+            return lr_rules.stock_factor(self.lr_terms, epoch)
+        factor = self.gamma**sum(m <= epoch for m in self.stock_milestones)
+        if epoch < self.warmup_epochs:
+            start = self.warmup_start_factor
+            factor *= start + (1 - start) * epoch / self.warmup_epochs
+        return factor
+
+    def lr_scale(self, epoch: float) -> float:
+        """Factor that ``lr_scaling`` gives the batch multiplier of the base
+        shape of ``epoch``."""
+        batch = self.base_shape(int(epoch)).batch
+        return lr_rules.LR_SCALINGS[self.lr_scaling](batch)
+
     def lr_factor(self, epoch: float) -> float:
         """LR at fractional ``epoch`` relative to the stock base LR.
 
@@ -404,11 +507,26 @@ class MultiGridSchedule:
         Returns:
             float: multiply the base LR by this.
         """
+        if self.lr_terms is not None:
+            if not self.long_cycle:  # the stock schedule, stretched
+                return lr_rules.stock_factor(self._stretched_terms, epoch)
+            return self.lr_scale(epoch) * lr_rules.stock_factor(
+                self.lr_terms, self.equivalent_stock_epoch(epoch),
+                smooth=True)
         if epoch < self.warmup_epochs:
             start = self.warmup_start_factor
-            end = self._step_factor(self.warmup_epochs)
+            end = self._scaled_step_factor(self.warmup_epochs)
             return start + epoch * (end - start) / self.warmup_epochs
-        return self._step_factor(epoch)
+        return self._scaled_step_factor(epoch)
+
+    def _scaled_step_factor(self, epoch: float) -> float:
+        """:meth:`_step_factor` with ``lr_scaling`` applied."""
+        factor = self._step_factor(epoch)
+        if self.lr_scaling != 'linear' and self.long_cycle:
+            # The step rule's relative LRs hold the linear batch factor.
+            factor *= self.lr_scale(epoch) / self.base_shape(
+                int(epoch)).batch
+        return factor
 
     def compute_ratio(self) -> float:
         """Compute of the multigrid run relative to the stock run.
@@ -447,12 +565,13 @@ class MultiGridSchedule:
         Returns:
             list[dict]: ``stage, begin, end, frames, interval, size, batch``
             (the short-cycle batch sizes) and ``lr`` (LR at the stage's
-            first epoch after warm-up).
+            first epoch: after warm-up for a step schedule).
         """
         rows, begin = [], 0
         for i, stage in enumerate(self.stages):
             shapes = self.batch_shapes(begin)
-            lr = self._step_factor(begin) * (base_lr or 1.0)
+            lr = (self._scaled_step_factor(begin) if self.lr_terms is None
+                  else self.lr_factor(begin)) * (base_lr or 1.0)
             rows.append(
                 dict(stage=i, lr_stage=stage.lr_stage, begin=begin,
                      end=stage.end_epoch, frames=shapes[-1].clip_len,

@@ -1,5 +1,6 @@
 """Tests for sub-batch BatchNorm (mmaction_multigrid.bn)."""
 import copy
+import os.path as osp
 
 import pytest
 import torch
@@ -452,3 +453,215 @@ def test_equals_the_reference_definition():
     var = variances.sum(0) / groups + ((means - mean)**2).sum(0) / groups
     torch.testing.assert_close(bn.running_mean, mean)
     torch.testing.assert_close(bn.running_var, var)
+
+
+# --------------------------------------------------------------------------
+# BatchNorm2d over the frames of clips (C2D), unconverted layers, and BN
+# after the Runner's wrap_model.
+# --------------------------------------------------------------------------
+def _frames(clips: int, frames: int, seed: int = 0) -> torch.Tensor:
+    """(clips*frames, C, H, W), the frames of each clip contiguous, with a
+    different mean and scale per clip."""
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.randn(clips, 1, 1, 1, 1, generator=g) * 2
+    scale = torch.rand(clips, 1, 1, 1, 1, generator=g) + 0.5
+    x = torch.randn(clips, frames, C, 3, 3, generator=g) * scale + shift
+    return x.reshape(clips * frames, C, 3, 3)
+
+
+def _per_clip_group_bn2d(x, clips, base, weight, bias):
+    """Plain BatchNorm2d on the frames of each group of whole clips (clip
+    i in group i % G), in row order."""
+    frames = len(x) // clips
+    out = torch.empty_like(x)
+    bns = []
+    for index in _group_index(clips, base):
+        rows = torch.cat([torch.arange(i * frames, (i + 1) * frames)
+                          for i in index.tolist()])
+        bn = nn.BatchNorm2d(x.shape[1])
+        with torch.no_grad():
+            bn.weight.copy_(weight)
+            bn.bias.copy_(bias)
+        out[rows] = bn(x[rows])
+        bns.append(bn)
+    return out, bns
+
+
+@pytest.mark.parametrize('clips,frames,base',
+                         [(8, 4, 2), (6, 3, 4), (4, 1, 1)])
+def test_bn2d_groups_whole_clips(clips, frames, base):
+    from mmaction_multigrid.bn import ClipCount, SubBatchNorm2d
+    x = _frames(clips, frames)
+    count = ClipCount()
+    count(None, (torch.zeros(clips, C, frames, 3, 3), ))
+    bn = SubBatchNorm2d(C, base_size=base, clip_count=count)
+    _affine(bn)
+    want, bns = _per_clip_group_bn2d(x, clips, base, bn.weight, bn.bias)
+    torch.testing.assert_close(bn(x), want)
+    torch.testing.assert_close(bn.running_mean, _aggregate(bns)[0])
+    torch.testing.assert_close(bn.running_var, _aggregate(bns)[1])
+
+
+def test_bn2d_without_clip_count_is_batchnorm2d():
+    from mmaction_multigrid.bn import SubBatchNorm2d
+    x = _frames(8, 2)
+    bn = SubBatchNorm2d(C, base_size=2)
+    plain = nn.BatchNorm2d(C)
+    torch.testing.assert_close(bn(x), plain(x))
+    torch.testing.assert_close(bn.running_var, plain.running_var)
+
+
+def test_c2d_backbone_bn_is_grouped_by_clips():
+    """In MMAction2's C2D (a 2D ResNet over (N*T) frames, temporal pooling
+    inside), every BN layer normalises groups of whole clips."""
+    from mmaction.registry import MODELS
+
+    from mmaction_multigrid.bn import SubBatchNorm2d
+    backbone = MODELS.build(dict(type='C2D', depth=18, pretrained=None,
+                                 norm_eval=False))
+    convert_sub_batch_bn(backbone, 2)
+    bns = {n: m for n, m in backbone.named_modules()
+           if isinstance(m, nn.BatchNorm2d)}
+    assert bns and all(isinstance(m, SubBatchNorm2d) for m in bns.values())
+    seen = {}
+    for name in ('conv1.bn', 'layer1.0.conv1.bn', 'layer4.1.conv2.bn'):
+        layer = bns[name]
+        # Clones: ConvModule's ReLU then runs in place on the output.
+        layer.register_forward_hook(
+            lambda m, args, out, name=name: seen.__setitem__(
+                name, (args[0].detach().clone(), out.detach().clone())))
+    backbone.train()
+    clips = 4
+    backbone(torch.randn(clips, 3, 4, 32, 32))
+    frames = {name: len(x) // clips for name, (x, _) in seen.items()}
+    assert frames == {'conv1.bn': 4, 'layer1.0.conv1.bn': 4,
+                      'layer4.1.conv2.bn': 2}
+    for name, (x, out) in seen.items():
+        want, _ = _per_clip_group_bn2d(x, clips, 2, bns[name].weight,
+                                       bns[name].bias)
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+
+
+class _Frozen(nn.Module):
+    """A BN kept in eval mode by ``train()`` (as ``norm_eval`` does), a
+    BatchNorm1d, a BatchNorm3d and two per-sample norms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = nn.BatchNorm3d(C)
+        self.bn3d = nn.BatchNorm3d(C)
+        self.bn1d = nn.BatchNorm1d(C)
+        self.ln = nn.LayerNorm(C)
+        self.gn = nn.GroupNorm(2, C)
+
+    def train(self, mode: bool = True) -> '_Frozen':
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+
+def test_plain_bn_layers_and_their_reasons():
+    from mmaction_multigrid.bn import is_sub_batch_bn, plain_bn_layers
+    model = convert_sub_batch_bn(_Frozen(), 2)
+    assert is_sub_batch_bn(model.bn3d)
+    assert type(model.frozen) is nn.BatchNorm3d
+    assert model.frozen.training  # the mode probe is undone
+    plain, per_sample = plain_bn_layers(model)
+    reasons = dict(plain)
+    assert sorted(reasons) == ['bn1d', 'frozen']
+    assert 'eval mode' in reasons['frozen']
+    assert 'BatchNorm1d' in reasons['bn1d']
+    assert per_sample == {'GroupNorm': 1, 'LayerNorm': 1}
+
+
+R2PLUS1D = 'r2plus1d/r2plus1d_r34_8xb8-8x8x1-180e_kinetics400-rgb.py'
+CSN_FROZEN = ('csn/ircsn_ig65m-pretrained-r50-bnfrozen_8xb12-32x2x1-58e_'
+              'kinetics400-rgb.py')
+
+
+def _bn_layers(model):
+    from mmengine.model import is_model_wrapper
+    model = model.module if is_model_wrapper(model) else model
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def test_r2plus1d_keeps_sub_batch_bn_after_wrap_model(videos, tmp_path):
+    """R(2+1)D's stock model uses SyncBN, which MMEngine's wrap_model
+    reverts to plain BN on one process: the Runner converts again."""
+    from conftest import toy_config
+    from mmengine.runner import Runner
+
+    from mmaction_multigrid.bn import SubBatchNormXd, is_sub_batch_bn
+    cfg = toy_config(R2PLUS1D, videos, clip_len=8, interval=1,
+                     work_dir=str(tmp_path), multi_grid={})
+    assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
+    runner = Runner.from_cfg(cfg)
+    bns = _bn_layers(runner.model)
+    assert all(is_sub_batch_bn(m) for m in bns.values())
+    # The SyncBN layers (the spatial convs' ``bn_s`` are BatchNorm3d).
+    xd = [n for n, m in bns.items() if type(m) is SubBatchNormXd]
+    assert xd and set(xd) == {n for n in bns if not n.endswith('.bn_s')}
+    assert {m.base_size for m in bns.values()} == {1}
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'left plain' not in log
+
+
+class _CpuWrapper(nn.Module):
+    """A model wrapper (registered, so ``is_model_wrapper`` knows it) that
+    only holds the module."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+
+def test_sync_bn_keeps_sub_batch_bn(videos, tmp_path, monkeypatch):
+    """With ``sync_bn`` (distributed), wrap_model makes every BN a
+    SyncBatchNorm: they become sub-batch SyncBN layers again."""
+    import socket
+
+    import torch.distributed as dist
+    from conftest import toy_config
+    from mmengine.runner import Runner
+    from probes import TINY_I3D
+    I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    from mmengine.registry import MODEL_WRAPPERS
+    MODEL_WRAPPERS.register_module(module=_CpuWrapper, force=True)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=0, world_size=1)
+    try:
+        cfg = toy_config(I3D, videos, work_dir=str(tmp_path),
+                         multi_grid=dict(bn_base_size=2),
+                         options=TINY_I3D)
+        cfg.launcher = 'pytorch'
+        cfg.sync_bn = 'torch'
+        # torch's DDP refuses SyncBatchNorm in a CPU module: a CPU stand-in.
+        cfg.model_wrapper_cfg = dict(type='_CpuWrapper')
+        runner = Runner.from_cfg(cfg)
+        bns = _bn_layers(runner.model)
+        assert bns and all(type(m) is SubBatchSyncBatchNorm
+                           for m in bns.values())
+        assert {m.base_size for m in bns.values()} == {2}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_plain_bn_layers_are_logged(videos, tmp_path):
+    """CSN with frozen BN: every backbone BN layer is logged as left
+    plain, with the reason, by name."""
+    from conftest import toy_config
+    from mmengine.runner import Runner
+    cfg = toy_config(CSN_FROZEN, videos, work_dir=str(tmp_path),
+                     multi_grid={})
+    runner = Runner.from_cfg(cfg)
+    bns = _bn_layers(runner.model)
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    lines = [line for line in log.splitlines() if 'left plain' in line]
+    assert len(lines) == len(bns) > 0
+    for name in bns:
+        assert any(f'BN layer {name} left plain: stays in eval mode' in line
+                   for line in lines), name

@@ -78,6 +78,32 @@ def test_plan_slowfast_warmup(tmp_path, capsys):
     assert len(list(tmp_path.glob('*_multigrid_plan.png'))) == 1
 
 
+def test_plan_cosine_shows_the_rule(tmp_path, capsys):
+    """A stock cosine config: stage ends of the documented rule (K=2 equal
+    phases of the first 80%, then fine-tuning), the rule in the table's
+    caption and in the PNG."""
+    import reference as ref
+    path = osp.join(STOCK, 'slowfast',
+                    'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py')
+    assert main(['plan', path, '--out', str(tmp_path), '--cfg-options',
+                 'multi_grid={}']) == 0
+    out = capsys.readouterr().out
+    want = ref.long_cycle(32, (224, 224), 256, ref.cosine_phases(256, 2, 0.2),
+                          ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1),
+                           (1, 1)), (0.5, 0.5**0.5), True, 1.5)
+    assert _stage_ends(out) == [s[2] for s in want]
+    assert ('lr rule: stock LinearLR x CosineAnnealingLR at the equivalent '
+            'stock epoch x b') in out
+    assert 'lr steps' not in out
+    png, = tmp_path.glob('*_multigrid_plan.png')
+    assert imread(str(png)).std() > 0.05
+    assert main(['plan', path, '--out', str(tmp_path), '--cfg-options',
+                 'multi_grid.long_cycle=False']) == 0
+    out = capsys.readouterr().out
+    assert 'stretched by epoch_factor 1.5' in out
+    assert 'epochs: 256 stock, 384 multigrid' in out
+
+
 def test_plan_empty_dict_option(tmp_path, capsys):
     assert main(['plan', I3D, '--out', str(tmp_path), '--cfg-options',
                  'multi_grid={}', 'multi_grid.epoch_factor=2']) == 0
@@ -93,9 +119,10 @@ ERRORS = [
         'multigrid needs a 3D recogniser', id='tsn'),
     pytest.param(
         osp.join(STOCK, 'slowfast',
-                 'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'), ADD,
-        'multi_grid needs a step LR schedule: param_scheduler has '
-        'CosineAnnealingLR', id='cosine'),
+                 'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'),
+        ADD + ['param_scheduler.1.type=OneCycleLR'],
+        'param_scheduler OneCycleLR has no multigrid rule',
+        id='no-rule-scheduler'),
     pytest.param(
         I3D, ADD + ['train_dataloader.dataset.pipeline.1.type='
                     'UniformSampleFrames'], 'pipeline has no SampleFrames',
