@@ -164,8 +164,7 @@ def test_stock_cosine_configs_convert(path, T, E):
     cfg = _load(path)
     out = convert_config(cfg)
     schedule = out.train_dataloader.batch_sampler.schedule
-    assert out.param_scheduler == [dict(type='MultiGridLR',
-                                        schedule=schedule)]
+    assert out.param_scheduler == [dict(type='MultiGridLR')]
     assert schedule['milestones'] == []
     assert [t['type'] for t in schedule['lr_terms']] == [
         s['type'] for s in cfg.param_scheduler]
