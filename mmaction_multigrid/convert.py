@@ -278,11 +278,12 @@ def convert_config(cfg):
 
     The train dataset is wrapped in ``MultiGridDataset``, batches come from
     ``ShortCycleBatchSampler``, ``MultiGridLR`` replaces the step schedule,
-    ``train_cfg.max_epochs`` becomes the multigrid epoch count and
-    ``MultiGridHook`` is added. MMEngine's default ``pseudo_collate`` becomes
-    ``multigrid_collate`` (same batches, fewer shared-memory blocks per
-    batch); another collate function is kept. A converted config is returned
-    unchanged.
+    ``train_cfg.max_epochs`` becomes the multigrid epoch count,
+    ``MultiGridHook`` is added and ``runner_type`` becomes
+    ``MultiGridRunner`` unless the config names its own Runner. MMEngine's
+    default ``pseudo_collate`` becomes ``multigrid_collate`` (same batches,
+    fewer shared-memory blocks per batch); another collate function is kept.
+    A converted config is returned unchanged.
 
     Args:
         cfg (dict | Config): A config with a ``multi_grid`` dict.
@@ -318,7 +319,10 @@ def convert_config(cfg):
     hooks = list(cfg.get('custom_hooks') or [])
     hooks.append(dict(type='MultiGridHook', precise_bn=opts['precise_bn']))
     cfg['custom_hooks'] = hooks
-    cfg['runner_type'] = 'MultiGridRunner'
+    # A user's own runner_type is kept: the switch mixes MultiGridRunner
+    # into it (runner.multigrid_runner_class).
+    if cfg.get('runner_type', 'Runner') == 'Runner':
+        cfg['runner_type'] = 'MultiGridRunner'
     cfg['multi_grid'] = {
         k: list(map(list, v)) if k == 'long_cycle_factors' else
         (list(v) if isinstance(v, tuple) else v)
