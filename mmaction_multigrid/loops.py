@@ -11,6 +11,7 @@ stage-0 epochs): 4.9 s of the 12.5 s of data wait of a 71.7 s run.
 from mmengine.runner import EpochBasedTrainLoop
 
 from .samplers import ShortCycleBatchSampler
+from .seeding import own_base_seed
 
 
 class MultiGridTrainLoop(EpochBasedTrainLoop):
@@ -26,12 +27,19 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
     workers simply start on the next epoch while the current one ends and
     while validation runs. Otherwise (no workers, or workers restarted every
     epoch, which also restarts their random state) it is the stock loop.
-    ``MultiGridRunner`` builds it in place of ``EpochBasedTrainLoop``.
+    Either way the loader draws its workers' base seed from a generator of
+    its own (:func:`~mmaction_multigrid.seeding.own_base_seed`), not from
+    the training process's streams. ``MultiGridRunner`` builds it in place
+    of ``EpochBasedTrainLoop``.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._batches = None
+        seed = getattr(getattr(self.dataloader.batch_sampler, 'sampler',
+                               None), 'seed', None)
+        own_base_seed(self.dataloader,
+                      self.runner.seed if seed is None else seed)
 
     def _prefetches_across_epochs(self) -> bool:
         loader = self.dataloader

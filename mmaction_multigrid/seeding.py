@@ -9,6 +9,10 @@ offsets: a run with 2 workers differs from one with 0, and a resumed run
 Seeding Python's ``random``, NumPy's global generator and torch's CPU
 generator from ``(seed, epoch, position)`` before each sample removes both
 dependencies.
+
+The training process's streams (dropout, ...) must not depend on the loader
+either: :func:`own_base_seed` keeps a DataLoader from drawing its workers'
+base seed from them.
 """
 import contextlib
 import random
@@ -16,6 +20,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 
 def sample_seed(base: int, epoch: int, position: int) -> int:
@@ -64,3 +69,24 @@ def seeded(seed: Optional[int]) -> Iterator[None]:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
+
+
+def own_base_seed(loader: DataLoader, seed: int) -> None:
+    """Give ``loader`` a generator of its own, seeded ``seed``, unless it
+    has one.
+
+    Every ``iter(loader)`` draws the workers' base seed from
+    ``loader.generator``, by default from torch's global generator, which
+    dropout and the other training-time draws share. The stock epoch loop
+    makes one iterator per epoch, a persistent-worker loader keeps one for
+    the run, a resumed run makes a new one: without a generator of its own,
+    each would leave the training streams at another point, and the weights
+    would depend on the number of workers and on a resume. The base seed
+    itself matters to no sample that carries a seed.
+
+    Args:
+        loader: The train DataLoader, before its first iteration.
+        seed: Seed of its generator (the run's sampler seed).
+    """
+    if loader.generator is None:
+        loader.generator = torch.Generator().manual_seed(seed % 2**64)

@@ -36,21 +36,26 @@ def config(videos, work_dir, **loader):
 def test_same_inputs_with_any_workers(videos, tmp_path):
     """0 workers, 2 workers restarted every epoch and 2 persistent workers
     (prefetching across epochs) feed the model the same pixels."""
-    runs = {}
+    runs, weights = {}, {}
     for name, loader in (('main', dict(num_workers=0)),
                          ('workers', dict(num_workers=2,
                                           persistent_workers=False)),
                          ('persistent', dict(num_workers=2,
                                              persistent_workers=True))):
-        Runner.from_cfg(config(videos, tmp_path / name, **loader)).train()
+        runner = Runner.from_cfg(config(videos, tmp_path / name, **loader))
+        runner.train()
         runs[name] = [(r['epoch'], r['iter'], r['files'], r['inputs'])
                       for r in read_samples(tmp_path / name)]
+        weights[name] = runner.model.state_dict()
     assert [r[:2] for r in runs['main']] == [
         (e, i) for e, n in enumerate((1, 3, 6)) for i in range(n)]
     assert runs['workers'] == runs['main']
     assert runs['persistent'] == runs['main']
     # Batches of [16], [8, 4, 2] and [4, 2, 1] * 2 clips.
     assert sum(len(r[3]) for r in runs['main']) == 44
+    for name in ('workers', 'persistent'):
+        for key, value in weights['main'].items():
+            assert torch.equal(value, weights[name][key]), (name, key)
 
 
 @pytest.fixture(scope='module')
