@@ -79,9 +79,10 @@ def test_seed_decides_the_augmentation(dataset):
     # Loaded again, in reverse order, after unseeded loads: the same clips.
     dataset[5]
     assert [_load(dataset, 3, seed) for seed in reversed(seeds)] == first[::-1]
-    # Another run seed gives other augmentations.
+    # Another run seed: other augmentations at the same places (about 200
+    # distinct ones here, so any one of them may coincide, not all four).
     other = [_load(dataset, 3, sample_seed(1, 0, p)) for p in range(4)]
-    assert not set(other) & set(first)
+    assert other != first[:4]
 
 
 def test_seeded_sample_leaves_the_process_streams(dataset):
