@@ -56,11 +56,15 @@ def mmengine_checkpoint_globals() -> list:
     """The globals an MMEngine 0.10.7 checkpoint holds beyond torch's own
     allowlist, in the form ``torch.serialization.add_safe_globals`` takes.
     """
+    # The functions NumPy pickles arrays and scalars with, taken from NumPy
+    # itself (np.core became np._core in NumPy 2).
+    rebuild_array = np.ndarray((0, )).__reduce__()[0]
+    rebuild_scalar = np.float64(0).__reduce__()[0]
     return [
         HistoryBuffer,
         (history_buffer_statistic, 'builtins.getattr'),
-        np.core.multiarray._reconstruct,
-        np.core.multiarray.scalar,
+        rebuild_array,
+        rebuild_scalar,
         np.ndarray,
         np.dtype,
         type(np.dtype(np.float64)),

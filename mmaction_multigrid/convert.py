@@ -347,7 +347,9 @@ def convert_config(cfg):
 
     The train dataset is wrapped in ``MultiGridDataset``, batches come from
     ``ShortCycleBatchSampler``, ``MultiGridLR`` replaces the step schedule,
-    ``train_cfg.max_epochs`` becomes the multigrid epoch count. MMEngine's default ``pseudo_collate`` becomes
+    ``train_cfg.max_epochs`` becomes the multigrid epoch count and
+    ``runner_type`` becomes ``MultiGridRunner`` unless the config names its
+    own Runner. MMEngine's default ``pseudo_collate`` becomes
     ``multigrid_collate`` (same batches, fewer shared-memory blocks per
     batch); another collate function is kept. ``MultiGridHook`` and
     ``ExactResumeHook`` are added, and ``PreciseBNHook`` with
@@ -396,7 +398,10 @@ def convert_config(cfg):
     if opts['precise_bn'] is not None:
         hooks.append(dict(type='PreciseBNHook', **opts['precise_bn']))
     cfg['custom_hooks'] = hooks
-    cfg['runner_type'] = 'MultiGridRunner'
+    # A user's own runner_type is kept: the switch mixes MultiGridRunner
+    # into it (runner.multigrid_runner_class).
+    if cfg.get('runner_type', 'Runner') == 'Runner':
+        cfg['runner_type'] = 'MultiGridRunner'
     cfg['multi_grid'] = {
         k: list(map(list, v)) if k == 'long_cycle_factors' else
         (list(v) if isinstance(v, tuple) else v)

@@ -78,7 +78,8 @@ class SkipBroken:
     - before any sample has loaded in this process, the
       :attr:`FAILURES_AT_START`-th consecutive failure raises;
     - afterwards, the :attr:`FAILURES_IN_A_ROW`-th one does (a disk gone
-      mid-run), where a few corrupt files in a data set are far from it.
+      mid-run): corrupt files scattered in a data set rarely come ten in a
+      row.
 
     Args:
         pipeline (Compose): The pipeline to guard.
@@ -107,8 +108,9 @@ class SkipBroken:
                 print_log(
                     f'{failures.consecutive} samples failed in a row'
                     f'{"" if failures.succeeded else " before any loaded"},'
-                    f' the last {source}: stopping with its error (a '
-                    'pipeline or data-path problem, not a corrupt file).',
+                    f' the last {source}: stopping with its error (more '
+                    'likely a pipeline or data-path problem than corrupt '
+                    'files).',
                     logger='current', level=logging.ERROR)
                 raise
             print_log(f'Skipping unreadable sample {source}: '

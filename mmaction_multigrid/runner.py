@@ -1,16 +1,22 @@
 """MultiGridRunner and the import-time switch that routes configs with
 ``multi_grid`` to it.
 
-``tools/train.py`` of MMAction2 builds its Runner with ``Runner.from_cfg``.
-Importing this package (``custom_imports``) wraps that classmethod once: a
-config with ``multi_grid`` is built by :class:`MultiGridRunner`, which
-converts it first; any other config goes through the stock code unchanged.
+``tools/train.py`` of MMAction2 builds its Runner with ``Runner.from_cfg``;
+other tools build ``runner_type`` with ``RUNNERS.build``, which calls that
+class's ``from_cfg``. Importing this package (``custom_imports``) wraps
+``Runner.from_cfg`` once: a config with ``multi_grid`` is built by
+:class:`MultiGridRunner`, which converts it first, or, for a user's Runner
+subclass, by that subclass with :class:`MultiGridRunner` mixed in (see
+:func:`multigrid_runner_class`); any other config goes through the stock
+code unchanged.
 """
+from typing import Dict
+
 from mmaction.registry import PARAM_SCHEDULERS
 from mmengine.optim import OptimWrapperDict
 from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
-from mmengine.runner import EpochBasedTrainLoop, Runner
+from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner, Runner
 
 from .bn import convert_sub_batch_bn, plain_bn_layers
 from .convert import convert_config
@@ -18,6 +24,7 @@ from .loops import MultiGridTrainLoop
 from .schedulers import MultiGridLR
 
 _STOCK_FROM_CFG = Runner.from_cfg.__func__
+_STOCK_FLEXIBLE_FROM_CFG = FlexibleRunner.from_cfg.__func__
 
 
 @RUNNERS.register_module()
@@ -31,7 +38,9 @@ class MultiGridRunner(Runner):
     keys stay those of ``nn.BatchNorm3d``. ``build_train_loop`` runs an
     ``EpochBasedTrainLoop`` config as :class:`MultiGridTrainLoop` (the config
     itself is left as it is), and ``build_param_scheduler`` hands that loop's
-    schedule and epoch mapping to ``MultiGridLR``.
+    schedule and epoch mapping to ``MultiGridLR``. Each method hands over to
+    the next class with ``super()``, so the class also serves as a mixin for
+    a user's Runner subclass (:func:`multigrid_runner_class`).
     """
 
     @classmethod
@@ -114,17 +123,63 @@ def _is_multigrid_lr(cfg) -> bool:
                                                          MultiGridLR)
 
 
+# User Runner subclass -> that subclass with MultiGridRunner mixed in.
+_COMPOSED: Dict[type, type] = {}
+
+
+def multigrid_runner_class(cls: type) -> type:
+    """The Runner class that trains a ``multi_grid`` config for ``cls``.
+
+    ``MultiGridRunner`` for ``Runner``; for a user's subclass ``UserRunner``,
+    ``MultiGridUserRunner(MultiGridRunner, UserRunner)`` (made once, then
+    cached): its method order is ``MultiGridRunner``, ``UserRunner``,
+    ``Runner``, so the multigrid methods run first and hand over to the
+    user's own through ``super()``, and every other method is the user's.
+
+    Args:
+        cls: The class whose ``from_cfg`` was called.
+
+    Returns:
+        type: A subclass of both ``cls`` and :class:`MultiGridRunner`.
+    """
+    if cls is Runner:
+        return MultiGridRunner
+    if issubclass(cls, MultiGridRunner):
+        return cls
+    if cls not in _COMPOSED:
+        _COMPOSED[cls] = type(
+            f'MultiGrid{cls.__name__}', (MultiGridRunner, cls), {
+                '__module__': cls.__module__,
+                '__doc__': f'{cls.__name__} trained the multigrid way.'
+            })
+    return _COMPOSED[cls]
+
+
 def _from_cfg(cls, cfg) -> Runner:
-    """``Runner.from_cfg`` that sends configs with ``multi_grid`` to
-    :class:`MultiGridRunner`."""
-    if cfg.get('multi_grid') is not None and not issubclass(
-            cls, MultiGridRunner):
-        return MultiGridRunner.from_cfg(cfg)
+    """``Runner.from_cfg`` that builds configs with ``multi_grid`` with
+    :func:`multigrid_runner_class` of ``cls``."""
+    if cfg.get('multi_grid') is not None:
+        return multigrid_runner_class(cls).from_cfg(cfg)
     return _STOCK_FROM_CFG(cls, cfg)
+
+
+def _flexible_from_cfg(cls, cfg) -> FlexibleRunner:
+    """``FlexibleRunner.from_cfg`` that refuses configs with
+    ``multi_grid``."""
+    if cfg.get('multi_grid') is not None:
+        raise ValueError(
+            f'multi_grid: runner_type={cls.__name__} is not supported (it is '
+            'no Runner subclass, so the multigrid Runner cannot be mixed '
+            'in). Use runner_type="Runner" or a Runner subclass, or remove '
+            '`multi_grid`.')
+    return _STOCK_FLEXIBLE_FROM_CFG(cls, cfg)
 
 
 def install_switch() -> None:
     """Route ``Runner.from_cfg`` of ``multi_grid`` configs to
-    :class:`MultiGridRunner` (idempotent)."""
+    :func:`multigrid_runner_class`, and make ``FlexibleRunner.from_cfg``
+    refuse them (idempotent)."""
     if Runner.__dict__['from_cfg'].__func__ is not _from_cfg:
         Runner.from_cfg = classmethod(_from_cfg)
+    if FlexibleRunner.__dict__['from_cfg'].__func__ is not _flexible_from_cfg:
+        FlexibleRunner.from_cfg = classmethod(_flexible_from_cfg)

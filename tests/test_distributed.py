@@ -1,5 +1,6 @@
 """Distributed multigrid training: two real processes (gloo, CPU) through the
-real Runner, compared with one process training the same global batch."""
+real Runner, compared with one process training the same global batch, and
+each resumed on the other number of processes."""
 import os
 import os.path as osp
 import socket
@@ -11,6 +12,7 @@ from collections import defaultdict
 import pytest
 import torch
 from conftest import TESTS, toy_config
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
@@ -188,3 +190,65 @@ def test_checkpoint_keeps_every_rank(runs):
     ddp, _ = runs
     state = load(osp.join(ddp, 'epoch_3.pth'))['multi_grid']
     assert len(state['ranks']) == WORLD
+
+
+# --------------------------------------------------------------------------
+# Resume on another number of processes: the schedule follows the epoch.
+# --------------------------------------------------------------------------
+def reference_rows(n_per_rank, batch_size, first_epoch):
+    """[(epoch, iter, input shape, lr)] from ``first_epoch`` on, per the
+    reference (tests/reference.py), for one rank of ``n_per_rank`` samples
+    and a per-GPU ``batch_size``."""
+    long_factors = MULTI_GRID['long_cycle_factors']
+    short = (0.5, 0.5**0.5)
+    sched = ref.long_cycle(32, (32, 32), 2, [1], long_factors, short, True,
+                           1.5)
+    rows = []
+    for epoch in range(first_epoch, sched[-1][2]):
+        _, base = ref.base_at(sched, epoch)
+        cycle = ref.batches(batch_size, base, (32, 32), short, True)
+        n = ref.epoch_batches(n_per_rank, [c[0] for c in cycle])
+        for i in range(n):
+            size, (h, w) = cycle[i % len(cycle)]
+            lr = 1e-5 * ref.lr_factor(epoch + i / n, sched, 0.1, 1, True)
+            rows.append((epoch, i, [size, 3, base[1], h, w], lr))
+    return rows
+
+
+def assert_follows_reference(records, want):
+    assert [(r['epoch'], r['iter'], r['shape']) for r in records] == [
+        w[:3] for w in want]
+    for record, row in zip(records, want):
+        assert record['lr'] == pytest.approx(row[3], rel=1e-9), record
+
+
+def test_two_processes_resumed_on_one(runs, videos, tmp_path):
+    """The 2-rank run's epoch-1 checkpoint (1 iteration done per rank),
+    resumed by one process with the same per-GPU batch: 16 samples per
+    epoch now, so 3 + 6 iterations where the ranks ran 1 + 3."""
+    ddp, _ = runs
+    cfg = config(videos, tmp_path, batch_size=1, distributed=False)
+    cfg.resume = True
+    cfg.load_from = osp.join(ddp, 'epoch_1.pth')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert_follows_reference(read_samples(tmp_path),
+                             reference_rows(16, 1, first_epoch=1))
+    assert runner.epoch == 3
+
+
+def test_one_process_resumed_on_two(runs, tmp_path):
+    """The one-process run's epoch-1 checkpoint resumed by 2 ranks, each
+    with half its batch; both ranks follow the schedule from epoch 1."""
+    _, single = runs
+    cfg = Config.fromfile(str(single.parent / 'ddp.py'))
+    cfg.work_dir = str(tmp_path)
+    cfg.resume = True
+    cfg.load_from = osp.join(single, 'epoch_1.pth')
+    cfg.dump(str(tmp_path / 'resume.py'))
+    launch(tmp_path / 'resume.py')
+    want = reference_rows(16 // WORLD, 1, first_epoch=1)
+    for rank in range(WORLD):
+        assert_follows_reference(read_samples(tmp_path, rank), want)
+    log = next(tmp_path.glob('*/*.log')).read_text()
+    assert 'resumed epoch: 1' in log

@@ -36,21 +36,26 @@ def config(videos, work_dir, **loader):
 def test_same_inputs_with_any_workers(videos, tmp_path):
     """0 workers, 2 workers restarted every epoch and 2 persistent workers
     (prefetching across epochs) feed the model the same pixels."""
-    runs = {}
+    runs, weights = {}, {}
     for name, loader in (('main', dict(num_workers=0)),
                          ('workers', dict(num_workers=2,
                                           persistent_workers=False)),
                          ('persistent', dict(num_workers=2,
                                              persistent_workers=True))):
-        Runner.from_cfg(config(videos, tmp_path / name, **loader)).train()
+        runner = Runner.from_cfg(config(videos, tmp_path / name, **loader))
+        runner.train()
         runs[name] = [(r['epoch'], r['iter'], r['files'], r['inputs'])
                       for r in read_samples(tmp_path / name)]
+        weights[name] = runner.model.state_dict()
     assert [r[:2] for r in runs['main']] == [
         (e, i) for e, n in enumerate((1, 3, 6)) for i in range(n)]
     assert runs['workers'] == runs['main']
     assert runs['persistent'] == runs['main']
     # Batches of [16], [8, 4, 2] and [4, 2, 1] * 2 clips.
     assert sum(len(r[3]) for r in runs['main']) == 44
+    for name in ('workers', 'persistent'):
+        for key, value in weights['main'].items():
+            assert torch.equal(value, weights[name][key]), (name, key)
 
 
 @pytest.fixture(scope='module')
@@ -74,9 +79,10 @@ def test_seed_decides_the_augmentation(dataset):
     # Loaded again, in reverse order, after unseeded loads: the same clips.
     dataset[5]
     assert [_load(dataset, 3, seed) for seed in reversed(seeds)] == first[::-1]
-    # Another run seed gives other augmentations.
+    # Another run seed: other augmentations at the same places (about 200
+    # distinct ones here, so any one of them may coincide, not all four).
     other = [_load(dataset, 3, sample_seed(1, 0, p)) for p in range(4)]
-    assert not set(other) & set(first)
+    assert other != first[:4]
 
 
 def test_seeded_sample_leaves_the_process_streams(dataset):
