@@ -177,7 +177,8 @@ def test_stock_cosine_configs_convert(path, T, E):
 
 def test_eta_min_becomes_a_ratio_of_the_base_lr():
     cfg = _load(MVIT)
-    terms = convert_config(cfg).param_scheduler[0]['schedule']['lr_terms']
+    terms = convert_config(
+        cfg).train_dataloader.batch_sampler.schedule['lr_terms']
     lr = cfg.optim_wrapper.optimizer.lr
     assert terms[1]['eta_min_ratio'] == pytest.approx(1.6e-5 / lr)
     assert terms[1]['T_max'] == 70 and terms[1]['per_iter']
@@ -214,4 +215,5 @@ def test_step_schedule_args_unchanged():
     out = convert_config(_load(
         'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'))
     assert not {'lr_terms', 'num_long_cycles', 'fine_tune_share',
-                'lr_scaling'} & set(out.param_scheduler[0]['schedule'])
+                'lr_scaling'} & set(
+        out.train_dataloader.batch_sampler.schedule)
