@@ -1,7 +1,6 @@
 """Install mmaction-multigrid."""
 import re
 from pathlib import Path
-
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
@@ -10,13 +9,15 @@ HERE = Path(__file__).parent
 def requirements(name: str) -> list:
     """Requirement lines of requirements/NAME.txt (no comments)."""
     lines = (HERE / 'requirements' / f'{name}.txt').read_text().splitlines()
-    return [line.strip() for line in lines
-            if line.strip() and not line.startswith('#')]
+    return [
+        line.strip() for line in lines
+        if line.strip() and not line.startswith('#')
+    ]
 
 
 VERSION = re.search(r"__version__ = '([^']+)'",
-                    (HERE / 'mmaction_multigrid' / 'version.py').read_text()
-                    ).group(1)
+                    (HERE / 'mmaction_multigrid' /
+                     'version.py').read_text()).group(1)
 
 setup(
     name='mmaction-multigrid',
@@ -31,11 +32,10 @@ setup(
     # torch and mmcv are installed by the user for their CUDA version
     # (MMAction2 convention), so they are not listed here.
     install_requires=requirements('runtime'),
-    extras_require=dict(plot=requirements('plot'),
-                        tests=requirements('tests')),
+    extras_require=dict(
+        plot=requirements('plot'), tests=requirements('tests')),
     entry_points={
-        'console_scripts':
-        ['mmaction-multigrid=mmaction_multigrid.cli:main'],
+        'console_scripts': ['mmaction-multigrid=mmaction_multigrid.cli:main'],
     },
     license='Apache-2.0',
 )

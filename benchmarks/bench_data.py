@@ -33,22 +33,22 @@ from torch.utils.data import DataLoader
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
-from mmaction_multigrid.cli import (DEMO_CONFIG, config_schedule,  # noqa
-                                    load_config)
-from mmaction_multigrid.datasets import (MultiGridDataset,  # noqa: E402
-                                         ShapedIndex, SkipBroken)
-from mmaction_multigrid.pipeline import (_last_size_index,  # noqa: E402
-                                         _set_size, reshape_pipeline)
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset  # noqa
+from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule, load_config
+from mmaction_multigrid.datasets import (MultiGridDataset, ShapedIndex,
+                                         SkipBroken)
+from mmaction_multigrid.pipeline import (_last_size_index, _set_size,
+                                         reshape_pipeline)
+from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
 
 
 def stock_pipeline(fmt: str) -> list:
     """The demo config's train pipeline, for videos or rawframes."""
     pipeline = load_config(DEMO_CONFIG).train_pipeline
     if fmt == 'rawframes':
-        pipeline = [dict(type='RawFrameDecode') if t['type'] ==
-                    'DecordDecode' else t for t in pipeline
-                    if t['type'] != 'DecordInit']
+        pipeline = [
+            dict(type='RawFrameDecode') if t['type'] == 'DecordDecode' else t
+            for t in pipeline if t['type'] != 'DecordInit'
+        ]
     return [dict(t) for t in pipeline]
 
 
@@ -88,16 +88,20 @@ class ShapeBatches:
         order = torch.randint(self.n, (self.total, ), generator=g).tolist()
         for k in range(len(self)):
             chunk = order[k * self.batch:(k + 1) * self.batch]
-            yield [i if self.shape is None else self.shape._replace(index=i)
-                   for i in chunk]
+            yield [
+                i if self.shape is None else self.shape._replace(index=i)
+                for i in chunk
+            ]
 
 
 def clips_per_second(dataset, shape, workers: int, clips: int,
                      batch: int) -> float:
     """Clips/s of a DataLoader, the first batch (worker start) excluded."""
-    loader = DataLoader(dataset, batch_sampler=ShapeBatches(
-        len(dataset), clips + batch, batch, shape), num_workers=workers,
-                        collate_fn=pseudo_collate)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=ShapeBatches(len(dataset), clips + batch, batch, shape),
+        num_workers=workers,
+        collate_fn=pseudo_collate)
     it = iter(loader)
     next(it)
     start = time.perf_counter()
@@ -131,8 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', nargs='+', default=['video', 'rawframes'])
     parser.add_argument('--workers', nargs='+', type=int, default=[1, 2])
-    parser.add_argument('--clips', type=int, default=256,
-                        help='clips timed per measurement')
+    parser.add_argument(
+        '--clips', type=int, default=256, help='clips timed per measurement')
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--profile', action='store_true')
@@ -146,17 +150,22 @@ def main() -> None:
     cfg.train_cfg.max_epochs = 30
     cfg.param_scheduler[1].update(end=30, milestones=[12, 24])
     schedule = config_schedule(cfg)
-    shapes = sorted({(s.clip_len, s.frame_interval) + tuple(s.size)
-                     for e in range(schedule.max_epochs)
-                     for s in schedule.batch_shapes(e)},
-                    key=lambda s: s[0] * s[2] * s[3])
+    shapes = sorted(
+        {(s.clip_len, s.frame_interval) + tuple(s.size)
+         for e in range(schedule.max_epochs)
+         for s in schedule.batch_shapes(e)},
+        key=lambda s: s[0] * s[2] * s[3])
     default = ShapedIndex(0, 16, 2, 64, 64)
     for fmt in args.data:
-        info = make_dataset(osp.join(args.work_dir, 'data_' + fmt),
-                            videos_per_class=32, val_per_class=8, fmt=fmt)
+        info = make_dataset(
+            osp.join(args.work_dir, 'data_' + fmt),
+            videos_per_class=32,
+            val_per_class=8,
+            fmt=fmt)
         ds_cfg = dataset_cfg(info, stock_pipeline(fmt))
-        datasets = dict(package=MultiGridDataset(ds_cfg),
-                        naive=NaiveMultiGridDataset(ds_cfg))
+        datasets = dict(
+            package=MultiGridDataset(ds_cfg),
+            naive=NaiveMultiGridDataset(ds_cfg))
         print(f'\n### {fmt}: clips/s through a DataLoader (batch '
               f'{args.batch}, {args.clips} clips timed, first batch excluded,'
               f' best of {args.repeat}); ms/clip in-process (best of '
@@ -175,32 +184,38 @@ def main() -> None:
             n = args.clips // 4
             return 1e3 / best(lambda: n / timed(ds, shape, n))
 
-        base = {w: best(lambda: clips_per_second(
-            datasets['package'], None, w, args.clips, args.batch))
-                for w in args.workers}
-        print('| stock pipeline, int indices | 1.000 |' + ''.join(
-            f' {base[w]:.0f} | 1.00x |' for w in args.workers) + ' | | |')
+        base = {
+            w:
+            best(lambda: clips_per_second(datasets['package'], None, w, args.
+                                          clips, args.batch))
+            for w in args.workers
+        }
+        print('| stock pipeline, int indices | 1.000 |' +
+              ''.join(f' {base[w]:.0f} | 1.00x |'
+                      for w in args.workers) + ' | | |')
         for clip_len, interval, h, w_ in shapes:
             shape = ShapedIndex(0, clip_len, interval, h, w_)
             cells = ''
             for w in args.workers:
-                pkg = best(lambda: clips_per_second(
-                    datasets['package'], shape, w, args.clips, args.batch))
+                pkg = best(lambda: clips_per_second(datasets['package'], shape,
+                                                    w, args.clips, args.batch))
                 cells += f' {pkg:.0f} | {pkg / base[w]:.2f}x |'
             p_ms = ms_per_clip(datasets['package'], shape)
-            n_ms = (p_ms if (h, w_) == (64, 64) else
-                    ms_per_clip(datasets['naive'], shape))
+            n_ms = (
+                p_ms if
+                (h, w_) == (64, 64) else ms_per_clip(datasets['naive'], shape))
             ratio = clip_len * h * w_ / (16 * 64 * 64)
-            print(f'| {clip_len}x{h}x{w_} ({interval}) | {ratio:.3f} |' +
-                  cells + f' {p_ms:.2f} | {n_ms:.2f} | {n_ms / p_ms:.2f}x |',
-                  flush=True)
+            print(
+                f'| {clip_len}x{h}x{w_} ({interval}) | {ratio:.3f} |' + cells +
+                f' {p_ms:.2f} | {n_ms:.2f} | {n_ms / p_ms:.2f}x |',
+                flush=True)
         if args.profile:
             small = ShapedIndex(0, *shapes[0])
             print(f'\n{fmt}: ms per clip per transform, in-process '
                   '(no workers)\n')
             profs = {
-                'default 16x64x64': profile(datasets['package'], default,
-                                            64),
+                'default 16x64x64':
+                profile(datasets['package'], default, 64),
                 f'package {small.clip_len}x{small.height}x{small.width}':
                 profile(datasets['package'], small, 64),
                 f'naive {small.clip_len}x{small.height}x{small.width}':
@@ -210,9 +225,12 @@ def main() -> None:
             print('| transform | ' + ' | '.join(profs) + ' |')
             print('|---|' + '---|' * len(profs))
             for name in names + ['total']:
-                print(f'| {name} | ' + ' | '.join(
-                    f'{1000 * (sum(p.values()) if name == "total" else p.get(name, 0)):.2f}'
-                    for p in profs.values()) + ' |')
+                cells = [
+                    sum(p.values()) if name == 'total' else p.get(name, 0)
+                    for p in profs.values()
+                ]
+                print(f'| {name} | ' + ' | '.join(f'{1000 * c:.2f}'
+                                                  for c in cells) + ' |')
 
 
 if __name__ == '__main__':

@@ -46,16 +46,15 @@ from mmengine.config import Config
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
-from mmaction_multigrid.cli import config_schedule  # noqa: E402
-from mmaction_multigrid.datasets import (MultiGridDataset,  # noqa: E402
-                                         ShapedIndex)
-from mmaction_multigrid.measure import time_data  # noqa: E402
-from mmaction_multigrid.prepare import disk_bytes, prepare  # noqa: E402
+from mmaction_multigrid.cli import config_schedule
+from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.measure import time_data
+from mmaction_multigrid.prepare import disk_bytes, prepare
 
-I3D = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
-               'recognition', 'i3d',
-               'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-'
-               'rgb.py')
+I3D = osp.join(
+    osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition', 'i3d',
+    'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-'
+    'rgb.py')
 SIZE = (256, 340)  # (height, width), as the Kinetics re-encodes
 FPS = 30
 FRAMES = 300
@@ -68,7 +67,8 @@ VARIANTS = {
 }
 
 
-def kinetics_like_frames(seed: int, num_frames: int = FRAMES,
+def kinetics_like_frames(seed: int,
+                         num_frames: int = FRAMES,
                          size: Tuple[int, int] = SIZE):
     """Yields BGR frames: a textured scene panning, a textured patch moving
     across it and a bright disc on a curved path (smooth, detailed motion
@@ -80,8 +80,8 @@ def kinetics_like_frames(seed: int, num_frames: int = FRAMES,
 
     def grain():
         return cv2.GaussianBlur(
-            rng.uniform(-60, 60, (2 * h, 2 * w, 3)).astype(np.float32),
-            (0, 0), 0.8)
+            rng.uniform(-60, 60, (2 * h, 2 * w, 3)).astype(np.float32), (0, 0),
+            0.8)
 
     scene = np.clip(scene + grain(), 0, 255)
     patch = grain()
@@ -93,8 +93,9 @@ def kinetics_like_frames(seed: int, num_frames: int = FRAMES,
         frame = scene[y:y + h, x:x + w].copy()
         x, y = (int(w / 2 + v_patch[0] * t) % w,
                 int(h / 2 + v_patch[1] * t) % h)
-        frame[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = np.clip(
-            128 + 1.5 * patch[y:y + h // 2, x:x + w // 2], 0, 255)
+        frame[h // 4:h // 4 + h // 2, w // 4:w // 4 +
+              w // 2] = np.clip(128 + 1.5 * patch[y:y + h // 2, x:x + w // 2],
+                                0, 255)
         frame = frame.astype(np.uint8)
         centre = (int(w / 2 + 0.3 * w * np.sin(t / 20 + phase)),
                   int(h / 2 + 0.3 * h * np.cos(t / 27 + phase)))
@@ -102,7 +103,9 @@ def kinetics_like_frames(seed: int, num_frames: int = FRAMES,
         yield frame
 
 
-def write_h264(path: str, frames, codec: str = 'libx264',
+def write_h264(path: str,
+               frames,
+               codec: str = 'libx264',
                options: Optional[dict] = None) -> None:
     """A video through PyAV: H.264 by libx264 at its defaults (keyint 250)
     unless ``options`` say otherwise, or another ``codec``."""
@@ -114,8 +117,9 @@ def write_h264(path: str, frames, codec: str = 'libx264',
         stream.pix_fmt = 'yuvj420p' if codec == 'mjpeg' else 'yuv420p'
         stream.options = dict(options or {})
         for frame in itertools.chain([first], frames):
-            container.mux(stream.encode(
-                av.VideoFrame.from_ndarray(frame, format='bgr24')))
+            container.mux(
+                stream.encode(
+                    av.VideoFrame.from_ndarray(frame, format='bgr24')))
         container.mux(stream.encode())
 
 
@@ -144,8 +148,8 @@ def make_data(root: str, videos: int) -> None:
 def i3d_config(root: str, fmt: str) -> Config:
     """The stock I3D R50 config with multigrid, reading the generated data."""
     cfg = Config.fromfile(I3D)
-    cfg.custom_imports = dict(imports=['mmaction_multigrid'],
-                              allow_failed_imports=False)
+    cfg.custom_imports = dict(
+        imports=['mmaction_multigrid'], allow_failed_imports=False)
     cfg.multi_grid = dict()
     dataset = cfg.train_dataloader.dataset
     dataset.ann_file = osp.join(root, f'train_{fmt}.txt')
@@ -185,15 +189,23 @@ def schedule_cpu(weights, ms: Dict[Tuple, float]) -> float:
 # could use: (codec, libx264/mjpeg options, file suffix).
 FORMATS = {
     'H.264, keyint 250 (source)': ('libx264', {}, None),
-    'H.264, keyint 8': ('libx264', {'g': '8'}, None),
-    'H.264, keyint 8, 170x128': ('libx264', {'g': '8'}, (170, 128)),
-    'H.264 all-intra, 170x128': ('libx264', {'g': '1'}, (170, 128)),
-    'MJPEG, 170x128': ('mjpeg', {'q:v': '3'}, (170, 128)),
+    'H.264, keyint 8': ('libx264', {
+        'g': '8'
+    }, None),
+    'H.264, keyint 8, 170x128': ('libx264', {
+        'g': '8'
+    }, (170, 128)),
+    'H.264 all-intra, 170x128': ('libx264', {
+        'g': '1'
+    }, (170, 128)),
+    'MJPEG, 170x128': ('mjpeg', {
+        'q:v': '3'
+    }, (170, 128)),
     'JPEG frames, 170x128': (None, None, (170, 128)),
 }
 DECODERS = (('decord', 'DecordInit', 'DecordDecode'),
-            ('PyAV', 'PyAVInit', 'PyAVDecode'),
-            ('OpenCV', 'OpenCVInit', 'OpenCVDecode'))
+            ('PyAV', 'PyAVInit', 'PyAVDecode'), ('OpenCV', 'OpenCVInit',
+                                                 'OpenCVDecode'))
 
 
 def clip_indices(total: int, clip_len: int, interval: int,
@@ -217,15 +229,17 @@ def lever_tables(root: str, videos: int, rounds: int) -> None:
         sizes[name] = 0
         for i in names:
             path = osp.join(folder, f'{i}_{j}')
-            frames = (f if size is None else cv2.resize(
-                f, size, interpolation=cv2.INTER_AREA)
+            frames = (
+                f if size is None else cv2.resize(
+                    f, size, interpolation=cv2.INTER_AREA)
                 for f in kinetics_like_frames(i))
             if codec is None:
                 if not osp.isdir(path):
                     os.makedirs(path)
                     for k, f in enumerate(frames, 1):
-                        cv2.imwrite(osp.join(path, f'img_{k:05}.jpg'), f,
-                                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+                        cv2.imwrite(
+                            osp.join(path, f'img_{k:05}.jpg'), f,
+                            [cv2.IMWRITE_JPEG_QUALITY, 90])
             elif not osp.isfile(path + '.mkv'):
                 os.makedirs(folder, exist_ok=True)
                 write_h264(path + '.mkv', frames, codec, options)
@@ -245,24 +259,29 @@ def lever_tables(root: str, videos: int, rounds: int) -> None:
                             files = sorted(glob.glob(path + '/*.jpg'))
                             [cv2.imread(files[n]) for n in inds]
                         else:
-                            decord.VideoReader(path + '.mkv',
-                                               num_threads=1).get_batch(
-                                                   inds).asnumpy()
+                            decord.VideoReader(
+                                path + '.mkv',
+                                num_threads=1).get_batch(inds).asnumpy()
                 ms = (time.process_time() - start) / (3 * len(names)) * 1e3
                 best[name, t] = min(best.get((name, t), ms), ms)
         for name, init, decode in DECODERS:
             for t, r in shapes:
-                pipeline = Compose([TRANSFORMS.build(c) for c in (
-                    dict(type=init), dict(type='SampleFrames', clip_len=t,
-                                          frame_interval=r),
-                    dict(type=decode))])
+                pipeline = Compose([
+                    TRANSFORMS.build(c) for c in
+                    (dict(type=init),
+                     dict(type='SampleFrames', clip_len=t, frame_interval=r),
+                     dict(type=decode))
+                ])
                 start = time.process_time()
                 for i in names:
                     for k in range(3):
                         np.random.seed(k)
-                        pipeline(dict(filename=osp.join(
-                            root, 'videos', 'train', f'v{i:04d}.mp4'),
-                                      start_index=0, modality='RGB'))
+                        pipeline(
+                            dict(
+                                filename=osp.join(root, 'videos', 'train',
+                                                  f'v{i:04d}.mp4'),
+                                start_index=0,
+                                modality='RGB'))
                 ms = (time.process_time() - start) / (3 * len(names)) * 1e3
                 best[name, t] = min(best.get((name, t), ms), ms)
     print('\n### levers: decode-only CPU ms per clip (decord one thread, '
@@ -271,41 +290,61 @@ def lever_tables(root: str, videos: int, rounds: int) -> None:
           '10 s video |')
     print('|---|---|---|---|---|')
     for name in FORMATS:
-        print(f'| {name} | ' + ' | '.join(
-            f'{best[name, t]:.1f}' for t, _ in shapes) +
+        print(f'| {name} | ' + ' | '.join(f'{best[name, t]:.1f}'
+                                          for t, _ in shapes) +
               f' | {sizes[name] / len(names) / 1e6:.2f} |')
     print('\n| decoder (MMAction2 transforms, source H.264) | 32 x 2 | '
           '16 x 4 | 8 x 8 |')
     print('|---|---|---|---|')
     for name, _, _ in DECODERS:
-        print(f'| {name} | ' + ' | '.join(
-            f'{best[name, t]:.1f}' for t, _ in shapes) + ' |')
+        print(f'| {name} | ' + ' | '.join(f'{best[name, t]:.1f}'
+                                          for t, _ in shapes) + ' |')
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--videos', type=int, default=6,
-                        help='generated videos (default 6)')
-    parser.add_argument('--clips', type=int, default=6,
-                        help='clips timed per shape and variant (default 6)')
-    parser.add_argument('--rounds', type=int, default=3,
-                        help='rounds over all cells, each cell keeping its '
-                        'least CPU time (default 3)')
+    parser.add_argument(
+        '--videos', type=int, default=6, help='generated videos (default 6)')
+    parser.add_argument(
+        '--clips',
+        type=int,
+        default=6,
+        help='clips timed per shape and variant (default 6)')
+    parser.add_argument(
+        '--rounds',
+        type=int,
+        default=3,
+        help='rounds over all cells, each cell keeping its '
+        'least CPU time (default 3)')
     parser.add_argument('--data', nargs='+', default=['video', 'rawframes'])
-    parser.add_argument('--variants', nargs='+', default=list(VARIANTS),
-                        choices=list(VARIANTS))
-    parser.add_argument('--stock-ms', type=float, default=37.0,
-                        help='GPU ms per stock iteration (default: H200 '
-                        'fp32, README)')
-    parser.add_argument('--multigrid-ms', type=float, default=37.0,
-                        help='GPU ms per multigrid iteration, every shape '
-                        '(default 37.0; README: 37.5-40.8 on the H200)')
-    parser.add_argument('--workers', type=int, default=None,
-                        help='processes of the preparation (default: all)')
-    parser.add_argument('--levers', action='store_true',
-                        help='also time other encodings (keyframe '
-                        'interval, all-intra, MJPEG, JPEG frames) and '
-                        'decoders (decord, PyAV, OpenCV)')
+    parser.add_argument(
+        '--variants',
+        nargs='+',
+        default=list(VARIANTS),
+        choices=list(VARIANTS))
+    parser.add_argument(
+        '--stock-ms',
+        type=float,
+        default=37.0,
+        help='GPU ms per stock iteration (default: H200 '
+        'fp32, README)')
+    parser.add_argument(
+        '--multigrid-ms',
+        type=float,
+        default=37.0,
+        help='GPU ms per multigrid iteration, every shape '
+        '(default 37.0; README: 37.5-40.8 on the H200)')
+    parser.add_argument(
+        '--workers',
+        type=int,
+        default=None,
+        help='processes of the preparation (default: all)')
+    parser.add_argument(
+        '--levers',
+        action='store_true',
+        help='also time other encodings (keyframe '
+        'interval, all-intra, MJPEG, JPEG frames) and '
+        'decoders (decord, PyAV, OpenCV)')
     parser.add_argument('--work-dir', default='work_dirs/bench_data_cost')
     args = parser.parse_args()
     cv2.setNumThreads(1)
@@ -339,7 +378,9 @@ def main() -> None:
               f'{report["bytes"] / report["samples"] / 1e6:.2f} MB/video')
         schedule = config_schedule(cfg)
         weights = schedule_weights(schedule)
-        keys = sorted({k for w in weights for k in w},
+        keys = sorted({k
+                       for w in weights
+                       for k in w},
                       key=lambda k: (k[0] * k[2] * k[3], k))
         datasets = {}
         for name in args.variants:
@@ -354,25 +395,35 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved: same contention
             for name, key in cells:
                 dataset = datasets[args.variants[0] if key is None else name]
-                value = time_data(dataset, None if key is None else
-                                  ShapedIndex(0, *key), args.clips)
+                value = time_data(
+                    dataset, None if key is None else ShapedIndex(0, *key),
+                    args.clips)
                 best[name, key] = min(best.get((name, key), value), value)
-        ms = {name: {key: best[name, key] for key in keys}
-              for name in args.variants}
+        ms = {
+            name: {
+                key: best[name, key]
+                for key in keys
+            }
+            for name in args.variants
+        }
         ms['stock'] = best['stock', None]
-        results[fmt] = dict(ms=ms, weights=weights, schedule=schedule,
-                            keys=keys, report=report)
+        results[fmt] = dict(
+            ms=ms,
+            weights=weights,
+            schedule=schedule,
+            keys=keys,
+            report=report)
         names = list(args.variants)
         print(f'\n### {fmt}: CPU ms per clip (one process; least of '
               f'{args.rounds} interleaved rounds of {args.clips} clips)\n')
         print('| shape (frames x interval, size) | ' + ' | '.join(names) +
               ' |')
         print('|---|' + '---|' * len(names))
-        print(f'| stock 32 x 2, 224 | {ms["stock"]:.1f} |' +
-              ' |' * (len(names) - 1))
+        print(f'| stock 32 x 2, 224 | {ms["stock"]:.1f} |' + ' |' *
+              (len(names) - 1))
         for key in keys:
-            print(f'| {key[0]} x {key[1]}, {key[2]} | ' + ' | '.join(
-                f'{ms[n][key]:.1f}' for n in names) + ' |')
+            print(f'| {key[0]} x {key[1]}, {key[2]} | ' +
+                  ' | '.join(f'{ms[n][key]:.1f}' for n in names) + ' |')
         last = names[-1]
         print(f'\n{fmt}, {last}: per stage, CPU cores per GPU to keep up '
               f'with {args.multigrid_ms} ms per multigrid iteration (stock '
@@ -385,8 +436,9 @@ def main() -> None:
             shapes = schedule.batch_shapes(row['begin'])
             mean = sum(w * ms[last][key]
                        for key, w in weights[row['begin']].items())
-            cores = max(s.batch_size * ms[last][
-                (s.clip_len, s.frame_interval) + tuple(s.size)] /
+            cores = max(
+                s.batch_size *
+                ms[last][(s.clip_len, s.frame_interval) + tuple(s.size)] /
                 args.multigrid_ms for s in shapes)
             print(f'| {row["stage"]} | {row["begin"]}-{row["end"]} | ' +
                   ', '.join(f'{s.batch_size}x{s.clip_len}x{s.size[0]}'
@@ -402,8 +454,8 @@ def main() -> None:
             print(f'{fmt:9s} {name:16s} {ratio:.2f}')
         print(f'{fmt:9s} stock on the prepared copy: reads the source at '
               'full resolution, as stock (1.00)')
-    if {'video', 'rawframes'} <= set(results) and 'prepared' in (
-            args.variants):
+    both = {'video', 'rawframes'} <= set(results)
+    if both and 'prepared' in args.variants:
         video, frames = results['video'], results['rawframes']
         name = args.variants[-1]
         ratio = schedule_cpu(video['weights'], video['ms'][name]) / (

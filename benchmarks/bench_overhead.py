@@ -35,13 +35,11 @@ from torch.utils.data import BatchSampler, DataLoader
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
-from mmaction_multigrid.cli import (DEMO_CONFIG, config_schedule,  # noqa
-                                    load_config)
-from mmaction_multigrid.datasets import (MultiGridDataset,  # noqa: E402
-                                         ShapedIndex)
-from mmaction_multigrid.hooks import MultiGridHook  # noqa: E402
-from mmaction_multigrid.samplers import ShortCycleBatchSampler  # noqa
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset  # noqa
+from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule, load_config
+from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.hooks import MultiGridHook
+from mmaction_multigrid.samplers import ShortCycleBatchSampler
+from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
 
 
 def median_time(fn, n: int) -> float:
@@ -64,23 +62,25 @@ def main() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
     torch.set_flush_denormal(True)
     print(f'load average {os.getloadavg()}')
-    info = make_dataset(osp.join(args.work_dir, 'data_video'),
-                        videos_per_class=32, val_per_class=8)
+    info = make_dataset(
+        osp.join(args.work_dir, 'data_video'),
+        videos_per_class=32,
+        val_per_class=8)
     cfg = load_config(DEMO_CONFIG)
     ds_cfg = dataset_cfg(info, cfg.train_pipeline)
     batch = cfg.train_dataloader.batch_size
     stock_ds = DATASETS.build(ds_cfg)
     mg_ds = MultiGridDataset(ds_cfg)
     schedule_args = dict(config_schedule(cfg).args, short_cycle=False)
-    mg_sampler = ShortCycleBatchSampler(DefaultSampler(mg_ds, seed=0),
-                                        batch, schedule=schedule_args)
+    mg_sampler = ShortCycleBatchSampler(
+        DefaultSampler(mg_ds, seed=0), batch, schedule=schedule_args)
     last = mg_sampler.schedule.max_epochs - 1
     mg_sampler.set_epoch(last)
     shapes = mg_sampler.schedule.batch_shapes(last)
-    assert [(s.batch_size, s.clip_len, s.size) for s in shapes] == [
-        (batch, 16, (64, 64))], shapes
-    stock_sampler = BatchSampler(DefaultSampler(stock_ds, seed=0), batch,
-                                 drop_last=True)
+    assert [(s.batch_size, s.clip_len, s.size)
+            for s in shapes] == [(batch, 16, (64, 64))], shapes
+    stock_sampler = BatchSampler(
+        DefaultSampler(stock_ds, seed=0), batch, drop_last=True)
     hook = MultiGridHook()
     runner = types.SimpleNamespace(
         message_hub=MessageHub.get_instance('bench_overhead'))
@@ -98,10 +98,12 @@ def main() -> None:
         optim.zero_grad()
 
     def loop(dataset, sampler, with_hook: bool) -> float:
-        loader = DataLoader(dataset, batch_sampler=sampler,
-                            num_workers=args.workers,
-                            collate_fn=pseudo_collate,
-                            persistent_workers=False)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=args.workers,
+            collate_fn=pseudo_collate,
+            persistent_workers=False)
         it = iter(loader)
         step(next(it))  # warm-up: worker start, first step
         start = time.perf_counter()
@@ -121,20 +123,26 @@ def main() -> None:
     for r in range(args.rounds):
         stock_t.append(loop(stock_ds, stock_sampler, False))
         mg_t.append(loop(mg_ds, mg_sampler, True))
-        print(f'round {r}: stock {stock_t[-1]:.4f} s/iter, multigrid '
-              f'{mg_t[-1]:.4f} s/iter', flush=True)
+        print(
+            f'round {r}: stock {stock_t[-1]:.4f} s/iter, multigrid '
+            f'{mg_t[-1]:.4f} s/iter',
+            flush=True)
     s, m = statistics.median(stock_t), statistics.median(mg_t)
 
     # 2. parts, directly.
     n = 64
     idx = list(range(n))
     default = ShapedIndex(0, 16, 2, 64, 64)
-    get_stock = [statistics.median(
-        [median_time(lambda: stock_ds[i], 1) for i in idx])
-                 for _ in range(2)]
-    get_mg = [statistics.median(
-        [median_time(lambda: mg_ds[default._replace(index=i)], 1)
-         for i in idx]) for _ in range(2)]
+    get_stock = [
+        statistics.median([median_time(lambda: stock_ds[i], 1) for i in idx])
+        for _ in range(2)
+    ]
+    get_mg = [
+        statistics.median([
+            median_time(lambda: mg_ds[default._replace(index=i)], 1)
+            for i in idx
+        ]) for _ in range(2)
+    ]
     get_stock, get_mg = min(get_stock), min(get_mg)
 
     def per_batch(sampler) -> float:
@@ -146,10 +154,11 @@ def main() -> None:
         return (time.perf_counter() - start) / k
 
     samp_stock, samp_mg = per_batch(stock_sampler), per_batch(mg_sampler)
-    data = next(iter(DataLoader(mg_ds, batch_sampler=mg_sampler,
-                                collate_fn=pseudo_collate)))
-    hook_t = median_time(lambda: hook.before_train_iter(runner, 0, data),
-                         2000)
+    data = next(
+        iter(
+            DataLoader(
+                mg_ds, batch_sampler=mg_sampler, collate_fn=pseudo_collate)))
+    hook_t = median_time(lambda: hook.before_train_iter(runner, 0, data), 2000)
     direct = (batch * (get_mg - get_stock) + samp_mg - samp_stock + hook_t)
 
     print('\n| measure | stock | multigrid | difference | % of a stock '

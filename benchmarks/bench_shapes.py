@@ -7,9 +7,9 @@ and 80) it times forward + backward + SGD step on random inputs of every
 distinct mini-batch shape of the multigrid schedule and of the stock shape
 (with sub-batch BN in groups of the stock batch, what the conversion does
 by default, which is plain BN at the stock batch; ``--plain-bn`` for plain
-BN throughout), then adds them up over both schedules for a data set of ``--samples``
-clips per GPU. The ratio is the speedup the hardware realises from the
-schedule's compute saving, whose ceiling (1 / compute ratio, counting
+BN throughout), then adds them up over both schedules for a data set of
+``--samples`` clips per GPU. The ratio is the speedup the hardware
+realises from the schedule's compute saving, whose ceiling (1 / compute ratio, counting
 ``frames*height*width`` per clip) it prints beside it. On a GPU it shows
 whether small shapes keep the device busy; data loading is left out (see
 bench_train.py and bench_data.py for that).
@@ -26,10 +26,10 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, osp.dirname(HERE))
 
-from bench_sub_batch_bn import (add_device_args, build_i3d,  # noqa
-                                device_name, time_model)
-from mmaction_multigrid import (MultiGridSchedule,  # noqa: E402
-                                convert_sub_batch_bn)
+from bench_sub_batch_bn import (add_device_args, build_i3d, device_name,
+                                time_model)
+
+from mmaction_multigrid import MultiGridSchedule, convert_sub_batch_bn
 
 
 def main() -> None:
@@ -37,17 +37,26 @@ def main() -> None:
     parser.add_argument('--stock-batch', type=int, default=8)
     parser.add_argument('--size', type=int, default=224)
     parser.add_argument('--clip-len', type=int, default=32)
-    parser.add_argument('--samples', type=int, default=30000,
-                        help='training clips per GPU per epoch')
+    parser.add_argument(
+        '--samples',
+        type=int,
+        default=30000,
+        help='training clips per GPU per epoch')
     parser.add_argument('--iters', type=int, default=5)
     add_device_args(parser)
-    parser.add_argument('--plain-bn', action='store_true',
-                        help='multigrid shapes with plain BN '
-                        '(multi_grid.bn_base_size=None)')
+    parser.add_argument(
+        '--plain-bn',
+        action='store_true',
+        help='multigrid shapes with plain BN '
+        '(multi_grid.bn_base_size=None)')
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = False  # the stock configs' setting
-    schedule = MultiGridSchedule(args.clip_len, 2, args.size, 100, [40, 80],
-                                 batch_size=args.stock_batch)
+    schedule = MultiGridSchedule(
+        args.clip_len,
+        2,
+        args.size,
+        100, [40, 80],
+        batch_size=args.stock_batch)
     model = build_i3d(args.device)
     if not args.plain_bn:  # plain BN at the stock batch size itself
         model = convert_sub_batch_bn(model, args.stock_batch)
@@ -56,23 +65,26 @@ def main() -> None:
     def seconds(batch: int, clip_len: int, h: int, w: int) -> float:
         key = (batch, clip_len, h, w)
         if key not in times:
-            inputs = torch.randn(batch, 1, 3, clip_len, h, w,
-                                 device=args.device)
+            inputs = torch.randn(
+                batch, 1, 3, clip_len, h, w, device=args.device)
             times[key] = time_model(model, inputs, args.iters, args.amp)
-            print(f'{batch:4d} x {clip_len:2d} x {h:3d}x{w:<3d}: '
-                  f'{times[key] * 1000:8.1f} ms/iter, '
-                  f'{batch / times[key]:7.1f} clips/s', flush=True)
+            print(
+                f'{batch:4d} x {clip_len:2d} x {h:3d}x{w:<3d}: '
+                f'{times[key] * 1000:8.1f} ms/iter, '
+                f'{batch / times[key]:7.1f} clips/s',
+                flush=True)
         return times[key]
 
     stock = seconds(args.stock_batch, args.clip_len, args.size, args.size)
-    stock_total = (schedule.stock_max_epochs *
-                   (args.samples // args.stock_batch) * stock)
+    stock_total = (
+        schedule.stock_max_epochs * (args.samples // args.stock_batch) * stock)
     total = 0.0
     for epoch in range(schedule.max_epochs):
         shapes = schedule.batch_shapes(epoch)
         n = schedule.num_batches(epoch, args.samples)
-        total += sum(seconds(s.batch_size, s.clip_len, *s.size)
-                     for s in (shapes[i % len(shapes)] for i in range(n)))
+        total += sum(
+            seconds(s.batch_size, s.clip_len, *s.size)
+            for s in (shapes[i % len(shapes)] for i in range(n)))
     print(f'I3D R50, stock batch {args.stock_batch} x {args.clip_len} x '
           f'{args.size}x{args.size}, {args.samples} clips per epoch, on '
           f'{device_name(args.device)}{", float16 autocast" * args.amp}, '

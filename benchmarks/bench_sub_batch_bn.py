@@ -56,18 +56,22 @@ def device_name(device: str) -> str:
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """``--device`` (the GPU when there is one) and ``--amp``."""
-    parser.add_argument('--device',
-                        default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--amp', action='store_true',
-                        help='float16 autocast, as --amp in tools/train.py')
+    parser.add_argument(
+        '--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        help='float16 autocast, as --amp in tools/train.py')
 
 
 def build_i3d(device: str) -> torch.nn.Module:
     """The installed MMAction2's stock I3D R50 recognizer, random weights,
     in training mode on ``device``."""
     register_all_modules()
-    cfg = Config.fromfile(osp.join(osp.dirname(mmaction.__file__), '.mim',
-                                   'configs', 'recognition', I3D))
+    cfg = Config.fromfile(
+        osp.join(
+            osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition',
+            I3D))
     cfg.model.backbone.pretrained = None
     cfg.model.backbone.pretrained2d = False
     return MODELS.build(cfg.model).to(device).train()
@@ -76,19 +80,26 @@ def build_i3d(device: str) -> torch.nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--stock-batch', type=int, default=2)
-    parser.add_argument('--size', type=int, default=224,
-                        help='default crop size S (224 in the stock config)')
+    parser.add_argument(
+        '--size',
+        type=int,
+        default=224,
+        help='default crop size S (224 in the stock config)')
     parser.add_argument('--clip-len', type=int, default=32)
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=2)
     add_device_args(parser)
     args = parser.parse_args()
-    schedule = MultiGridSchedule(args.clip_len, 2, args.size, 100, [40, 80],
-                                 batch_size=args.stock_batch)
+    schedule = MultiGridSchedule(
+        args.clip_len,
+        2,
+        args.size,
+        100, [40, 80],
+        batch_size=args.stock_batch)
     shape = max(schedule.batch_shapes(0), key=lambda s: s.batch_size)
     h, w = shape.size
-    inputs = torch.randn(shape.batch_size, 1, 3, shape.clip_len, h, w,
-                         device=args.device)
+    inputs = torch.randn(
+        shape.batch_size, 1, 3, shape.clip_len, h, w, device=args.device)
     torch.manual_seed(0)
     plain = build_i3d(args.device)
     sub = convert_sub_batch_bn(copy.deepcopy(plain), args.stock_batch)

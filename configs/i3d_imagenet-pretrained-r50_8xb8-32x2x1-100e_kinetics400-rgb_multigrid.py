@@ -1,7 +1,8 @@
 # Stock MMAction2 config recognition/i3d/i3d_imagenet-pretrained-r50_8xb8-
 # 32x2x1-100e_kinetics400-rgb.py with its _base_ files written out, plus the
 # two multigrid lines below (the only difference).
-custom_imports = dict(imports=['mmaction_multigrid'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmaction_multigrid'], allow_failed_imports=False)
 multi_grid = dict(
     long_cycle=True,
     short_cycle=True,
@@ -159,10 +160,7 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, ignore_last=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(
-        type='CheckpointHook',
-        interval=5,
-        save_best='auto',
-        max_keep_ckpts=5),
+        type='CheckpointHook', interval=5, save_best='auto', max_keep_ckpts=5),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
 

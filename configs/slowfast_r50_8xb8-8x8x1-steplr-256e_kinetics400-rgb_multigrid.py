@@ -1,7 +1,8 @@
 # Stock MMAction2 config recognition/slowfast/slowfast_r50_8xb8-8x8x1-steplr-
 # 256e_kinetics400-rgb.py with its _base_ files written out, plus the two
 # multigrid lines below (the only difference).
-custom_imports = dict(imports=['mmaction_multigrid'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmaction_multigrid'], allow_failed_imports=False)
 multi_grid = dict(
     long_cycle=True,
     short_cycle=True,
@@ -175,10 +176,7 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100, ignore_last=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(
-        type='CheckpointHook',
-        interval=4,
-        save_best='auto',
-        max_keep_ckpts=3),
+        type='CheckpointHook', interval=4, save_best='auto', max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     sync_buffers=dict(type='SyncBuffersHook'))
 

@@ -62,8 +62,8 @@ def _num_groups(n: int, base_size: int) -> int:
 
 
 def _batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                mean: Optional[Tensor], var: Optional[Tensor],
-                momentum: float, eps: float) -> Tensor:
+                mean: Optional[Tensor], var: Optional[Tensor], momentum: float,
+                eps: float) -> Tensor:
     """Training-mode ``F.batch_norm``; channels with one value each (a
     1-clip group of 1x1x1 features, which BatchNorm refuses) normalise to
     0, so they give the bias, with zero gradient to ``x``, and leave the
@@ -122,8 +122,8 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
         ]
         # Row r of the concatenation holds sample order[r].
         order = torch.cat([
-            torch.arange(g, n, groups, device=x.device)
-            for g in range(groups)])
+            torch.arange(g, n, groups, device=x.device) for g in range(groups)
+        ])
         out = torch.cat(parts)[order.argsort()]
     if track:
         with torch.no_grad():
@@ -193,7 +193,8 @@ class SubBatchNorm3d(_SubBatchMixin, nn.BatchNorm3d):
     N > ``base_size`` the batch is split into ``G = ceil(N / base_size)``
     groups, sample ``i`` in group ``i % G`` (``base_size`` clips each when
     ``base_size`` divides N), and each group is normalised with its own
-    statistics (same affine weight and bias). Running statistics are kept per group and aggregated into
+    statistics (same affine weight and bias). Running statistics are kept
+    per group and aggregated into
     ``running_mean`` (mean of the group means) and ``running_var`` (mean of
     the group variances plus the biased variance of the group means) after
     every step. Evaluation uses the aggregated statistics. The ``state_dict``
@@ -377,8 +378,7 @@ class SubBatchNorm2d(_SubBatchMixin, nn.BatchNorm2d):
         if clips and x.shape[0] % clips == 0 and self._use_sub_batch(
                 x[:clips]):
             frames = x.shape[0] // clips
-            clip_major = x.view(clips, frames,
-                                *x.shape[1:]).transpose(1, 2)
+            clip_major = x.view(clips, frames, *x.shape[1:]).transpose(1, 2)
             out = _sub_batch_forward(self, clip_major)
             return out.transpose(1, 2).reshape(x.shape)
         if self.training:
@@ -391,8 +391,7 @@ def is_sub_batch_bn(module: nn.Module) -> bool:
     return isinstance(module, _SubBatchMixin)
 
 
-def _convert(module: nn.Module, base_size: int,
-             memo: Dict[int, nn.Module],
+def _convert(module: nn.Module, base_size: int, memo: Dict[int, nn.Module],
              clip_count: ClipCount) -> nn.Module:
     """Return the sub-batch replacement of ``module`` (or ``module``)."""
     if isinstance(module, _SubBatchMixin):
@@ -498,15 +497,16 @@ def convert_sub_batch_bn(model: nn.Module, base_size: int) -> nn.Module:
     model = convert(model, '')
     enclosing = {
         '.'.join(name.split('.')[:i])
-        for name in users for i in range(len(name.split('.')))
+        for name in users
+        for i in range(len(name.split('.')))
     }
     for name in sorted(enclosing):
         model.get_submodule(name).register_forward_pre_hook(clip_count)
     return model
 
 
-def plain_bn_layers(
-        model: nn.Module) -> Tuple[List[Tuple[str, str]], Dict[str, int]]:
+def plain_bn_layers(model: nn.Module
+                    ) -> Tuple[List[Tuple[str, str]], Dict[str, int]]:
     """Normalisation layers that do not compute sub-batch statistics.
 
     Args:

@@ -42,8 +42,10 @@ def load_config(path: str, options: Optional[dict] = None) -> Config:
     """
     cfg = Config.fromfile(path)
     if options:
-        cfg.merge_from_dict(
-            {k: {} if v == '{}' else v for k, v in options.items()})
+        cfg.merge_from_dict({
+            k: {} if v == '{}' else v
+            for k, v in options.items()
+        })
     return cfg
 
 
@@ -63,8 +65,8 @@ def config_schedule(cfg: Config) -> MultiGridSchedule:
     if cfg.get('multi_grid') is None:
         raise ValueError(f'the config has no `multi_grid`; {ADD_MULTI_GRID}.')
     loader = convert_config(cfg)['train_dataloader']
-    return MultiGridSchedule(batch_size=loader['batch_size'],
-                             **loader['batch_sampler']['schedule'])
+    return MultiGridSchedule(
+        batch_size=loader['batch_size'], **loader['batch_sampler']['schedule'])
 
 
 def lr_rule_text(schedule: MultiGridSchedule) -> str:
@@ -112,32 +114,54 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     FigureCanvasAgg(fig)
     ax_t, ax_s, ax_lr = fig.subplots(
         3, 1, sharex=True, gridspec_kw=dict(height_ratios=(1, 1, 1.4)))
-    ax_t.step(epochs, [s[-1].clip_len for s in shapes], where='post',
-              color='C0', lw=2, label='multigrid')
-    ax_t.plot([0, stock_end], [schedule.clip_len] * 2, '--', color='C7',
+    ax_t.step(
+        epochs, [s[-1].clip_len for s in shapes],
+        where='post',
+        color='C0',
+        lw=2,
+        label='multigrid')
+    ax_t.plot([0, stock_end], [schedule.clip_len] * 2,
+              '--',
+              color='C7',
               label='stock')
     ax_t.set_ylim(0, schedule.clip_len * 1.15)
     ax_t.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_t.set_ylabel('frames per clip')
-    ax_s.step(epochs, [s[-1].size[0] for s in shapes], where='post',
-              color='C1', lw=2, label='multigrid (long cycle)')
+    ax_s.step(
+        epochs, [s[-1].size[0] for s in shapes],
+        where='post',
+        color='C1',
+        lw=2,
+        label='multigrid (long cycle)')
     if schedule.short_cycle:
         for i in range(len(shapes[0]) - 1):
-            ax_s.step(epochs, [s[i].size[0] for s in shapes], where='post',
-                      color='C1', lw=1, ls=':',
-                      label='short-cycle iterations' if i == 0 else None)
-    ax_s.plot([0, stock_end], [schedule.size[0]] * 2, '--', color='C7',
+            ax_s.step(
+                epochs, [s[i].size[0] for s in shapes],
+                where='post',
+                color='C1',
+                lw=1,
+                ls=':',
+                label='short-cycle iterations' if i == 0 else None)
+    ax_s.plot([0, stock_end], [schedule.size[0]] * 2,
+              '--',
+              color='C7',
               label='stock')
     ax_s.set_ylim(0, schedule.size[0] * 1.15)
     ax_s.set_ylabel(f'{side} (pixels)')
 
     steps = 20  # samples per epoch: sharp steps, smooth warm-up
     grid = [i / steps for i in range(end * steps + 1)]
-    ax_lr.plot(grid, [base_lr * schedule.lr_factor(e) for e in grid],
-               color='C3', lw=2, label='multigrid')
-    ax_lr.plot([e for e in grid if e <= stock_end],
-               [base_lr * schedule.stock_lr_factor(e) for e in grid
-                if e <= stock_end], '--', color='C7', label='stock')
+    ax_lr.plot(
+        grid, [base_lr * schedule.lr_factor(e) for e in grid],
+        color='C3',
+        lw=2,
+        label='multigrid')
+    ax_lr.plot([e for e in grid if e <= stock_end], [
+        base_lr * schedule.stock_lr_factor(e) for e in grid if e <= stock_end
+    ],
+               '--',
+               color='C7',
+               label='stock')
     ax_lr.set_yscale('log')
     if schedule.lr_terms is not None:
         ax_lr.set_title(lr_rule_text(schedule), fontsize=8, wrap=True)
@@ -165,8 +189,9 @@ def plan(args: argparse.Namespace) -> int:
           f'per GPU, base lr {base_lr:.4g}):')
     print(schedule_table(schedule, base_lr))
     if schedule.lr_terms is None:
-        print('lr steps (epoch: lr): ' + ', '.join(
-            f'{p}: {base_lr * f:.4g}' for p, f in zip(points, factors)))
+        print('lr steps (epoch: lr): ' +
+              ', '.join(f'{p}: {base_lr * f:.4g}'
+                        for p, f in zip(points, factors)))
     else:
         print(lr_rule_text(schedule))
     if schedule.warmup_epochs:
@@ -180,8 +205,8 @@ def plan(args: argparse.Namespace) -> int:
           'stock run')
     print(f'compute: {compute:.3f} of the stock run ({1 / compute:.2f}x '
           'less)')
-    if 'mmaction_multigrid' not in (cfg.get('custom_imports') or {}).get(
-            'imports', []):
+    if 'mmaction_multigrid' not in (cfg.get('custom_imports')
+                                    or {}).get('imports', []):
         print('note: the config has no custom_imports of mmaction_multigrid; '
               'tools/train.py would train it the stock way.')
     try:
@@ -207,8 +232,9 @@ def measure_plan(cfg: Config, schedule: MultiGridSchedule,
 
     from .measure import measure, plot_timeline, report
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    workers = (args.workers if args.workers is not None else
-               cfg.train_dataloader.get('num_workers', 0))
+    workers = (
+        args.workers if args.workers is not None else cfg.train_dataloader.get(
+            'num_workers', 0))
     where, threads = device, torch.get_num_threads()
     if device == 'cpu':
         # Training leaves the data workers their cores, as the demo does;
@@ -220,13 +246,13 @@ def measure_plan(cfg: Config, schedule: MultiGridSchedule,
     finally:
         torch.set_num_threads(threads)
     per_gpu = (args.samples or samples) // args.gpus
-    text, result = report(schedule, timings, per_gpu, max(1, workers),
-                          where)
+    text, result = report(schedule, timings, per_gpu, max(1, workers), where)
     print(text)
     path = osp.join(args.out, f'{name}_multigrid_measure.png')
-    plot_timeline(schedule, result, path,
-                  f'{name}: predicted {result["stock_s"] / 3600:.2f} h stock,'
-                  f' {result["multigrid_s"] / 3600:.2f} h multigrid')
+    plot_timeline(
+        schedule, result, path,
+        f'{name}: predicted {result["stock_s"] / 3600:.2f} h stock,'
+        f' {result["multigrid_s"] / 3600:.2f} h multigrid')
     print(f'plot: {path}')
 
 
@@ -241,13 +267,13 @@ def demo(args: argparse.Namespace) -> int:
         raise ValueError('--epochs must be at least 2 (the schedule steps '
                          'its learning rate).')
     start = time.time()
-    info = make_dataset(osp.join(args.work_dir, 'data'),
-                        videos_per_class=48, val_per_class=16)
+    info = make_dataset(
+        osp.join(args.work_dir, 'data'), videos_per_class=48, val_per_class=16)
     cfg = load_config(DEMO_CONFIG)
     cfg.work_dir = args.work_dir
     for split, loader in (('train', cfg.train_dataloader),
-                          ('val', cfg.val_dataloader),
-                          ('val', cfg.test_dataloader)):
+                          ('val', cfg.val_dataloader), ('val',
+                                                        cfg.test_dataloader)):
         loader.dataset = dataset_cfg(info, loader.dataset.pipeline, split)
     if args.epochs is not None:
         scale_epochs(cfg, args.epochs)
@@ -255,8 +281,7 @@ def demo(args: argparse.Namespace) -> int:
     # that compete with them make training many times slower.
     torch.set_num_threads(
         max(1, (os.cpu_count() or 1) - cfg.train_dataloader.num_workers))
-    print(schedule_table(config_schedule(cfg),
-                         cfg.optim_wrapper.optimizer.lr))
+    print(schedule_table(config_schedule(cfg), cfg.optim_wrapper.optimizer.lr))
     runner = Runner.from_cfg(cfg)  # a MultiGridRunner: cfg has multi_grid
     runner.train()
     accuracy = runner.message_hub.get_scalar('val/acc/top1').current()
@@ -296,9 +321,10 @@ def scale_epochs(cfg: Config, epochs: int) -> None:
     for sched in cfg.param_scheduler:
         sched.end = max(1, round(sched.end * ratio))
         if 'milestones' in sched:
-            sched.milestones = sorted(
-                {min(max(1, round(m * ratio)), epochs - 1)
-                 for m in sched.milestones})
+            sched.milestones = sorted({
+                min(max(1, round(m * ratio)), epochs - 1)
+                for m in sched.milestones
+            })
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -309,61 +335,94 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'run the demo, or prepare a train set.')
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser(
-        'plan', help='print and plot the multigrid schedule of a config',
+        'plan',
+        help='print and plot the multigrid schedule of a config',
         description='Print the multigrid schedule of CONFIG (stages, clip '
         'shapes, batch sizes, learning rates, estimated compute) and plot '
         'it against the stock schedule.')
     p.add_argument('config', help='config file with `multi_grid`')
-    p.add_argument('--out', default='.',
-                   help='folder for the PNG plot (default: .)')
     p.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        '--out', default='.', help='folder for the PNG plot (default: .)')
+    p.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        metavar='KEY=VALUE',
         help='override config settings, as in tools/train.py; '
         '`multi_grid.long_cycle=True` or `multi_grid={}` adds multigrid '
         'with its defaults to a stock config')
-    p.add_argument('--measure', action='store_true',
-                   help='time the model at every shape on this device and '
-                   'the train pipeline on the train set, and predict the '
-                   'wall-clock of stock vs multigrid')
-    p.add_argument('--iters', type=int, default=3,
-                   help='--measure: timed iterations per shape (default 3)')
-    p.add_argument('--clips', type=int, default=8,
-                   help='--measure: clips loaded per shape (default 8)')
-    p.add_argument('--workers', type=int,
-                   help='--measure: data workers per GPU (default: '
-                   'train_dataloader.num_workers)')
-    p.add_argument('--gpus', type=int, default=1,
-                   help='--measure: GPUs the train set is split over '
-                   '(default 1)')
-    p.add_argument('--samples', type=int,
-                   help='--measure: training clips per epoch to predict for '
-                   '(default: the train set\'s)')
-    p.add_argument('--device', help='--measure: torch device (default: '
-                   'the GPU if there is one)')
+    p.add_argument(
+        '--measure',
+        action='store_true',
+        help='time the model at every shape on this device and '
+        'the train pipeline on the train set, and predict the '
+        'wall-clock of stock vs multigrid')
+    p.add_argument(
+        '--iters',
+        type=int,
+        default=3,
+        help='--measure: timed iterations per shape (default 3)')
+    p.add_argument(
+        '--clips',
+        type=int,
+        default=8,
+        help='--measure: clips loaded per shape (default 8)')
+    p.add_argument(
+        '--workers',
+        type=int,
+        help='--measure: data workers per GPU (default: '
+        'train_dataloader.num_workers)')
+    p.add_argument(
+        '--gpus',
+        type=int,
+        default=1,
+        help='--measure: GPUs the train set is split over '
+        '(default 1)')
+    p.add_argument(
+        '--samples',
+        type=int,
+        help='--measure: training clips per epoch to predict for '
+        '(default: the train set\'s)')
+    p.add_argument(
+        '--device',
+        help='--measure: torch device (default: '
+        'the GPU if there is one)')
     d = sub.add_parser(
-        'demo', help='train a small model on generated videos',
+        'demo',
+        help='train a small model on generated videos',
         description='Generate a small labelled video set and train the '
         'demo config on it with multigrid, through the MMEngine Runner.')
-    d.add_argument('--work-dir', default=osp.join('work_dirs', 'demo'),
-                   help='data, logs and checkpoints (default: '
-                   'work_dirs/demo)')
-    d.add_argument('--epochs', type=int,
-                   help='epochs of the stock schedule (multigrid trains 1.5x '
-                   'as many); default: the config\'s')
+    d.add_argument(
+        '--work-dir',
+        default=osp.join('work_dirs', 'demo'),
+        help='data, logs and checkpoints (default: '
+        'work_dirs/demo)')
+    d.add_argument(
+        '--epochs',
+        type=int,
+        help='epochs of the stock schedule (multigrid trains 1.5x '
+        'as many); default: the config\'s')
     r = sub.add_parser(
-        'prepare', help='write reduced-resolution copies for small shapes',
+        'prepare',
+        help='write reduced-resolution copies for small shapes',
         description='Write the train set of CONFIG as JPEG frames at the '
         'reduced short sides its multigrid shapes resize to, and '
         'OUT/<config>.py that trains from them (the default shape still '
         'reads the source). Resumable and idempotent.')
     r.add_argument('config', help='config file with `multi_grid`')
     r.add_argument('--out', required=True, help='output folder')
-    r.add_argument('--workers', type=int,
-                   help='processes (default: all cores)')
-    r.add_argument('--quality', type=int, default=90,
-                   help='JPEG quality of the copies (default: 90)')
     r.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        '--workers', type=int, help='processes (default: all cores)')
+    r.add_argument(
+        '--quality',
+        type=int,
+        default=90,
+        help='JPEG quality of the copies (default: 90)')
+    r.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        metavar='KEY=VALUE',
         help='override config settings, as in tools/train.py')
     return parser.parse_args(argv)
 

@@ -19,8 +19,9 @@ from torch import Tensor
 
 def _same_shape_tensors(values: Sequence) -> bool:
     """Whether ``values`` are tensors of one shape, dtype and device."""
-    return all(isinstance(v, Tensor) for v in values) and len(
-        {(v.shape, v.dtype, v.device) for v in values}) == 1
+    return all(isinstance(v, Tensor)
+               for v in values) and len({(v.shape, v.dtype, v.device)
+                                         for v in values}) == 1
 
 
 def _stacked_views(tensors: Sequence[Tensor]) -> List[Tensor]:

@@ -12,10 +12,9 @@ from typing import List, Optional, Tuple
 from mmengine.logging import print_log
 
 from .lr_rules import LR_SCALINGS, is_step_schedule, scheduler_terms
-from .pipeline import (absorb_format, check_format, clip_params,
-                       output_size)
-from .schedule import (DEFAULT_LONG_CYCLE_FACTORS,
-                       DEFAULT_SHORT_CYCLE_FACTORS, MultiGridSchedule)
+from .pipeline import absorb_format, check_format, clip_params, output_size
+from .schedule import (DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS,
+                       MultiGridSchedule)
 
 DEFAULTS = dict(
     long_cycle=True,
@@ -97,8 +96,9 @@ def validate_options(options: dict) -> dict:
     factors = opts['long_cycle_factors']
     if (not isinstance(factors, (list, tuple)) or not factors or not all(
             isinstance(f, (list, tuple)) and len(f) == 2 for f in factors)):
-        _fail('long_cycle_factors', 'must be a non-empty list of '
-              f'(t_factor, s_factor) pairs, got {factors!r}.')
+        _fail(
+            'long_cycle_factors', 'must be a non-empty list of '
+            f'(t_factor, s_factor) pairs, got {factors!r}.')
     for pair in factors:
         for value in pair:
             _check_factor('long_cycle_factors', value)
@@ -112,39 +112,42 @@ def validate_options(options: dict) -> dict:
         _fail('epoch_factor',
               f'must be a positive number, got {opts["epoch_factor"]!r}.')
     size = opts['default_s']
-    if size is not None and not (
-            _is_count(size) or isinstance(size, (list, tuple))
-            and len(size) == 2 and all(_is_count(s) for s in size)):
+    pair = isinstance(size, (list, tuple)) and len(size) == 2
+    if size is not None and not (_is_count(size)
+                                 or pair and all(_is_count(s) for s in size)):
         _fail('default_s', 'must be a positive int or (height, width), got '
               f'{size!r}.')
     bn = opts['bn_base_size']
     if bn not in ('auto', None) and not _is_count(bn):
-        _fail('bn_base_size', 'must be a positive int (clips per BN group), '
-              f'None (plain BN), or left out, got {bn!r}.')
+        _fail(
+            'bn_base_size', 'must be a positive int (clips per BN group), '
+            f'None (plain BN), or left out, got {bn!r}.')
     precise = opts['precise_bn']
-    if precise is not None and not (
-            isinstance(precise, dict)
-            and set(precise) <= {'num_iters', 'interval'}
-            and _is_count(precise.get('num_iters', 200))
-            and (precise.get('interval') is None
-                 or _is_count(precise['interval']))):
-        _fail('precise_bn', 'must be None or dict(num_iters=N) with N >= 1 '
-              f'(and optionally interval=K epochs, K >= 1), got {precise!r}.')
+    if precise is not None and not (isinstance(precise, dict) and set(precise)
+                                    <= {'num_iters', 'interval'} and _is_count(
+                                        precise.get('num_iters', 200))
+                                    and _is_count(precise.get('interval', 1))):
+        _fail(
+            'precise_bn', 'must be None or dict(num_iters=N) with N >= 1 '
+            f'(and optionally interval=K epochs, K >= 1), got {precise!r}.')
     if opts['temporal_sampling'] not in ('span', 'random'):
-        _fail('temporal_sampling', "must be 'span' (keep the stock span) or "
-              "'random' (interval drawn per clip from [r, r*T/t]), got "
-              f"{opts['temporal_sampling']!r}.")
+        _fail(
+            'temporal_sampling', "must be 'span' (keep the stock span) or "
+            "'random' (interval drawn per clip from [r, r*T/t]), got "
+            f"{opts['temporal_sampling']!r}.")
     if not isinstance(opts['reduced_decode'], bool):
         _fail('reduced_decode', 'must be True or False, got '
               f"{opts['reduced_decode']!r}.")
     if opts['prepared_copy'] is not None and not isinstance(
             opts['prepared_copy'], str):
-        _fail('prepared_copy', 'must be None or the folder written by '
-              '`python -m mmaction_multigrid prepare`, got '
-              f"{opts['prepared_copy']!r}.")
+        _fail(
+            'prepared_copy', 'must be None or the folder written by '
+            '`python -m mmaction_multigrid prepare`, got '
+            f"{opts['prepared_copy']!r}.")
     if opts['lr_scaling'] not in LR_SCALINGS:
-        _fail('lr_scaling', f'must be one of {sorted(LR_SCALINGS)}, got '
-              f'{opts["lr_scaling"]!r}.')
+        _fail(
+            'lr_scaling', f'must be one of {sorted(LR_SCALINGS)}, got '
+            f'{opts["lr_scaling"]!r}.')
     cycles = opts['num_long_cycles']
     if not isinstance(cycles, int) or isinstance(cycles, bool) or cycles < 1:
         _fail('num_long_cycles', f'must be an int >= 1, got {cycles!r}.')
@@ -158,8 +161,9 @@ def validate_options(options: dict) -> dict:
 def _leaf_datasets(cfg: dict) -> List[dict]:
     """Dataset configs that own a pipeline (through stock wrappers)."""
     if 'datasets' in cfg:
-        return [leaf for sub in cfg['datasets'] for leaf in
-                _leaf_datasets(sub)]
+        return [
+            leaf for sub in cfg['datasets'] for leaf in _leaf_datasets(sub)
+        ]
     if 'dataset' in cfg:
         return _leaf_datasets(cfg['dataset'])
     return [cfg]
@@ -236,14 +240,18 @@ def _lr_schedule(cfg: dict, opts: dict) -> dict:
     schedulers = _schedulers(cfg)
     if not is_step_schedule([s['type'] for s in schedulers]):
         lr = cfg['optim_wrapper']['optimizer']['lr']
-        return dict(milestones=[], lr_terms=scheduler_terms(
-            schedulers, cfg['train_cfg']['max_epochs'], lr),
-                    num_long_cycles=opts['num_long_cycles'],
-                    fine_tune_share=opts['fine_tune_share'])
-    milestones, gamma, warmup_epochs, start = _step_schedule(schedulers,
-                                                             cfg)
-    return dict(milestones=milestones, gamma=gamma,
-                warmup_epochs=warmup_epochs, warmup_start_factor=start)
+        return dict(
+            milestones=[],
+            lr_terms=scheduler_terms(schedulers,
+                                     cfg['train_cfg']['max_epochs'], lr),
+            num_long_cycles=opts['num_long_cycles'],
+            fine_tune_share=opts['fine_tune_share'])
+    milestones, gamma, warmup_epochs, start = _step_schedule(schedulers, cfg)
+    return dict(
+        milestones=milestones,
+        gamma=gamma,
+        warmup_epochs=warmup_epochs,
+        warmup_start_factor=start)
 
 
 def _step_schedule(schedulers: List[dict],
@@ -262,8 +270,7 @@ def _step_schedule(schedulers: List[dict],
     begin = steps.get('begin', 0)
     end = min(steps.get('end', max_epochs), max_epochs)
     if steps['type'] == 'StepLR':
-        relative = range(steps['step_size'], end - begin,
-                         steps['step_size'])
+        relative = range(steps['step_size'], end - begin, steps['step_size'])
     else:
         relative = steps['milestones']
     milestones = [begin + m for m in relative if 0 < begin + m < end]
@@ -292,9 +299,9 @@ def schedule_args(cfg: dict, opts: Optional[dict] = None) -> dict:
     """
     opts = opts or validate_options(cfg['multi_grid'])
     train_cfg = cfg.get('train_cfg') or {}
-    if ('max_epochs' not in train_cfg or type_name(train_cfg.get(
-            'type', 'EpochBasedTrainLoop')) not in ('EpochBasedTrainLoop',
-                                                    'MultiGridTrainLoop')
+    if ('max_epochs' not in train_cfg
+            or type_name(train_cfg.get('type', 'EpochBasedTrainLoop'))
+            not in ('EpochBasedTrainLoop', 'MultiGridTrainLoop')
             or not train_cfg.get('by_epoch', True)):
         loop = type_name(train_cfg.get('type', 'EpochBasedTrainLoop'))
         raise ValueError('multi_grid needs epoch-based training with one '
@@ -308,18 +315,19 @@ def schedule_args(cfg: dict, opts: Optional[dict] = None) -> dict:
     first = pipelines[0]
     for pipeline in pipelines:
         check_format(pipeline)
-        if (clip_params(pipeline), output_size(pipeline)) != (
-                clip_params(first), output_size(first)):
+        if (clip_params(pipeline),
+                output_size(pipeline)) != (clip_params(first),
+                                           output_size(first)):
             raise ValueError(
                 'multi_grid: the train datasets have pipelines of different '
                 'clip shapes; multigrid needs one default shape.')
     clip_len, interval = clip_params(first)
     size = output_size(first)
-    if opts['default_s'] is not None and _as_size(
-            opts['default_s']) != size:
-        _fail('default_s', f'{opts["default_s"]!r} differs from the train '
-              f'pipeline output size {size} (height, width); make them '
-              'equal or leave default_s out.')
+    if opts['default_s'] is not None and _as_size(opts['default_s']) != size:
+        _fail(
+            'default_s', f'{opts["default_s"]!r} differs from the train '
+            f'pipeline output size {size} (height, width); make them '
+            'equal or leave default_s out.')
     args = dict(
         clip_len=clip_len,
         frame_interval=interval,
@@ -381,12 +389,13 @@ def convert_config(cfg):
         opts['bn_base_size'] = batch_size
     drop_last = loader.pop('drop_last', True)
     loader['dataset'] = dict(
-        type='MultiGridDataset', dataset=loader['dataset'],
+        type='MultiGridDataset',
+        dataset=loader['dataset'],
         temporal_sampling=opts['temporal_sampling'],
         reduced_decode=opts['reduced_decode'],
         prepared_copy=opts['prepared_copy'])
-    loader['batch_sampler'] = dict(type='ShortCycleBatchSampler',
-                                   drop_last=drop_last, schedule=args)
+    loader['batch_sampler'] = dict(
+        type='ShortCycleBatchSampler', drop_last=drop_last, schedule=args)
     collate = loader.get('collate_fn', dict(type='pseudo_collate'))
     if list(collate) == ['type'] and type_name(
             collate['type']) == 'pseudo_collate':
@@ -403,7 +412,8 @@ def convert_config(cfg):
     if cfg.get('runner_type', 'Runner') == 'Runner':
         cfg['runner_type'] = 'MultiGridRunner'
     cfg['multi_grid'] = {
-        k: list(map(list, v)) if k == 'long_cycle_factors' else
+        k:
+        list(map(list, v)) if k == 'long_cycle_factors' else
         (list(v) if isinstance(v, tuple) else v)
         for k, v in opts.items()
     }

@@ -18,8 +18,8 @@ from mmaction.registry import DATASETS, TRANSFORMS
 from mmengine.dataset import BaseDataset, Compose
 from mmengine.logging import print_log
 
-from .pipeline import (clip_params, random_interval, read_copy,
-                       reduced_decode, reshape_pipeline, select_copy)
+from .pipeline import (clip_params, random_interval, read_copy, reduced_decode,
+                       reshape_pipeline, select_copy)
 from .rng import seeded
 from .transforms import copy_folder
 
@@ -90,7 +90,8 @@ class SkipBroken:
     FAILURES_AT_START = 3
     FAILURES_IN_A_ROW = 10
 
-    def __init__(self, pipeline: Compose,
+    def __init__(self,
+                 pipeline: Compose,
                  failures: Optional[FailureCount] = None) -> None:
         self.pipeline = pipeline
         self.failures = failures or FailureCount()
@@ -102,8 +103,9 @@ class SkipBroken:
             data = self.pipeline(results)
         except Exception as error:  # decoders raise many types
             failures.consecutive += 1
-            limit = (self.FAILURES_IN_A_ROW
-                     if failures.succeeded else self.FAILURES_AT_START)
+            limit = (
+                self.FAILURES_IN_A_ROW
+                if failures.succeeded else self.FAILURES_AT_START)
             if failures.consecutive >= limit:
                 print_log(
                     f'{failures.consecutive} samples failed in a row'
@@ -111,11 +113,14 @@ class SkipBroken:
                     f' the last {source}: stopping with its error (more '
                     'likely a pipeline or data-path problem than corrupt '
                     'files).',
-                    logger='current', level=logging.ERROR)
+                    logger='current',
+                    level=logging.ERROR)
                 raise
-            print_log(f'Skipping unreadable sample {source}: '
-                      f'{type(error).__name__}: {error}', logger='current',
-                      level=logging.WARNING)
+            print_log(
+                f'Skipping unreadable sample {source}: '
+                f'{type(error).__name__}: {error}',
+                logger='current',
+                level=logging.WARNING)
             return None
         failures.succeeded = True
         failures.consecutive = 0
@@ -179,8 +184,10 @@ class MultiGridDataset:
         it.
     """
 
-    def __init__(self, dataset: Union[dict, BaseDataset],
-                 lazy_init: bool = False, temporal_sampling: str = 'span',
+    def __init__(self,
+                 dataset: Union[dict, BaseDataset],
+                 lazy_init: bool = False,
+                 temporal_sampling: str = 'span',
                  reduced_decode: bool = False,
                  prepared_copy: Optional[str] = None) -> None:
         if not isinstance(dataset, dict):
@@ -246,8 +253,8 @@ class MultiGridDataset:
                 source = self._copy['source']
                 cfg = read_copy(
                     cfg, copy_folder(self.prepared_copy, side),
-                    dataset.data_prefix['video' if source == 'video' else
-                                        'img'], source)
+                    dataset.data_prefix['video' if source ==
+                                        'video' else 'img'], source)
         if self.reduced_decode:
             cfg = reduced_decode(cfg)
         return cfg
@@ -258,8 +265,8 @@ class MultiGridDataset:
             shape = ShapedIndex(*idx)
             idx = shape.index
         for i, (leaf, _) in enumerate(self._leaves):
-            leaf.pipeline = (self._stock[i] if shape is None else
-                             self._pipeline(i, shape))
+            leaf.pipeline = (
+                self._stock[i] if shape is None else self._pipeline(i, shape))
         with seeded(None if shape is None else shape.seed):
             return self.dataset[idx]
 

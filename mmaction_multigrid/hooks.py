@@ -48,7 +48,8 @@ class MultiGridHook(Hook):
     def before_train(self, runner) -> None:
         loop = runner.train_loop
         schedule = loop.schedule
-        shapes = {(s.clip_len, s.size) for e in range(schedule.max_epochs)
+        shapes = {(s.clip_len, s.size)
+                  for e in range(schedule.max_epochs)
                   for s in schedule.batch_shapes(e)}
         start = time.perf_counter()
         check_input_shapes(runner.model, shapes)
@@ -81,7 +82,9 @@ class MultiGridHook(Hook):
             f'{[s.batch_size for s in shapes]}, '
             f'{loop.epoch_lengths[runner.epoch]} iterations.')
 
-    def before_train_iter(self, runner, batch_idx: int,
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
                           data_batch: Optional[dict] = None) -> None:
         inputs = (data_batch or {}).get('inputs')
         if not inputs:

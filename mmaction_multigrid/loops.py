@@ -70,8 +70,8 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
         """Raise if an epoch has no full batch."""
         empty = [e for e, n in enumerate(self.epoch_lengths) if n == 0]
         if empty:
-            biggest = max(s.batch_size
-                          for s in self.schedule.batch_shapes(empty[0]))
+            biggest = max(
+                s.batch_size for s in self.schedule.batch_shapes(empty[0]))
             raise ValueError(
                 f'multi_grid: epoch {empty[0]} has no full batch: '
                 f'{len(self.dataloader.batch_sampler.sampler)} samples per '

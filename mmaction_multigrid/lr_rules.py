@@ -40,8 +40,8 @@ def _constant(term: dict, k: float, n: float) -> float:
 
 def _cosine(term: dict, k: float, n: float) -> float:
     eta = term['eta_min_ratio']
-    return eta + (1 - eta) * (1 + math.cos(math.pi * min(k, n) /
-                                           term['T_max'])) / 2
+    return eta + (1 - eta) * (
+        1 + math.cos(math.pi * min(k, n) / term['T_max'])) / 2
 
 
 def _exponential(term: dict, k: float, n: float) -> float:
@@ -61,8 +61,8 @@ def _multi_step(term: dict, k: float, n: float) -> float:
 CLOSED_FORMS: Dict[str, Tuple[Callable, dict]] = {
     'LinearLR': (_linear, dict(start_factor=1.0 / 3, end_factor=1.0)),
     'ConstantLR': (_constant, dict(factor=1.0 / 3)),
-    'CosineAnnealingLR': (_cosine, dict(T_max=None, eta_min=None,
-                                        eta_min_ratio=None)),
+    'CosineAnnealingLR':
+    (_cosine, dict(T_max=None, eta_min=None, eta_min_ratio=None)),
     'ExponentialLR': (_exponential, dict(gamma=None)),
     'PolyLR': (_poly, dict(eta_min=0.0, power=1.0)),
     'MultiStepLR': (_multi_step, dict(milestones=None, gamma=0.1)),
@@ -74,9 +74,9 @@ def is_step_schedule(names: Sequence[str]) -> bool:
     """Whether schedulers named ``names`` follow the reference step rule:
     one ``MultiStepLR``/``StepLR``, optionally after a ``LinearLR``."""
     steps = [n for n in names if n in STEP_TYPES]
-    return len(steps) == 1 and all(n in STEP_TYPES + ('LinearLR', )
-                                   for n in names) and names.count(
-                                       'LinearLR') <= 1
+    return len(steps) == 1 and all(
+        n in STEP_TYPES + ('LinearLR', )
+        for n in names) and names.count('LinearLR') <= 1
 
 
 def scheduler_terms(schedulers: Sequence[dict], max_epochs: int,
@@ -115,7 +115,8 @@ def scheduler_terms(schedulers: Sequence[dict], max_epochs: int,
         params = dict(CLOSED_FORMS[name][1])
         unknown = set(sched) - set(params) - {
             'type', 'begin', 'end', 'by_epoch', 'convert_to_iter_based',
-            'verbose'}
+            'verbose'
+        }
         if unknown:
             raise ValueError(f'multi_grid: param_scheduler {name} has '
                              f'settings {sorted(unknown)} it cannot follow.')
@@ -124,20 +125,23 @@ def scheduler_terms(schedulers: Sequence[dict], max_epochs: int,
         end = min(sched.get('end', max_epochs), max_epochs)
         if end <= begin:
             continue  # never applied within the run
-        term = dict(type=name, begin=begin, end=end,
-                    per_iter=bool(sched.get('convert_to_iter_based', False)))
+        term = dict(
+            type=name,
+            begin=begin,
+            end=end,
+            per_iter=bool(sched.get('convert_to_iter_based', False)))
         if name == 'CosineAnnealingLR':
             ratio = params['eta_min_ratio']
             if ratio is None:
                 ratio = (params['eta_min'] or 0.0) / base_lr
-            params = dict(T_max=params['T_max'] or end - begin,
-                          eta_min_ratio=ratio)
+            params = dict(
+                T_max=params['T_max'] or end - begin, eta_min_ratio=ratio)
         elif name == 'PolyLR':
             params['eta_min_ratio'] = params.pop('eta_min') / base_lr
         elif name == 'StepLR':
             step = params.pop('step_size')
-            params['milestones'] = list(range(step, math.ceil(end - begin),
-                                              step))
+            params['milestones'] = list(
+                range(step, math.ceil(end - begin), step))
         missing = sorted(k for k, v in params.items() if v is None)
         if missing:
             raise ValueError(f'multi_grid: param_scheduler {name} needs '
@@ -162,7 +166,8 @@ def term_factor(term: dict, epoch: float) -> float:
     return function(term, epoch - term['begin'], term['end'] - term['begin'])
 
 
-def stock_factor(terms: Sequence[dict], epoch: float,
+def stock_factor(terms: Sequence[dict],
+                 epoch: float,
                  smooth: bool = False) -> float:
     """Stock LR relative to the base LR at fractional ``epoch``.
 
@@ -197,8 +202,9 @@ def stretch(terms: Sequence[dict], factor: float) -> List[dict]:
             if key in term:
                 term[key] = _stretched(term[key], factor)
         if 'milestones' in term:
-            term['milestones'] = [_stretched(m, factor)
-                                  for m in term['milestones']]
+            term['milestones'] = [
+                _stretched(m, factor) for m in term['milestones']
+            ]
         out.append(term)
     return out
 

@@ -21,8 +21,8 @@ Key = Tuple[int, int, int, int, int]
 
 def shape_key(shape: BatchShape) -> Key:
     """Key of a batch shape: batch size and clip shape."""
-    return (shape.batch_size, shape.clip_len,
-            shape.frame_interval) + tuple(shape.size)
+    return (shape.batch_size, shape.clip_len, shape.frame_interval) + tuple(
+        shape.size)
 
 
 def stock_key(schedule: MultiGridSchedule) -> Key:
@@ -83,8 +83,9 @@ def predict(schedule: MultiGridSchedule, timings: Dict[Key, Timing],
         ``compute_s``, ``data_s`` and ``data_bound``) and ``epochs`` (the
         multigrid seconds of each epoch).
     """
-    stock_s = (schedule.stock_max_epochs * samples / schedule.batch_size *
-               timings[stock_key(schedule)].iteration_ms(workers) / 1e3)
+    stock_s = (
+        schedule.stock_max_epochs * samples / schedule.batch_size *
+        timings[stock_key(schedule)].iteration_ms(workers) / 1e3)
     epochs = []
     stages = []
     for row in schedule.describe():
@@ -94,16 +95,20 @@ def predict(schedule: MultiGridSchedule, timings: Dict[Key, Timing],
             # Iterations per short-cycle shape, fractional: a prediction.
             iters = samples / sum(s.batch_size for s in shapes)
             cycle = [timings[shape_key(s)] for s in shapes]
-            seconds = iters * sum(t.iteration_ms(workers)
-                                  for t in cycle) / 1e3
+            seconds = iters * sum(t.iteration_ms(workers) for t in cycle) / 1e3
             compute += iters * sum(t.compute_ms for t in cycle) / 1e3
             data += iters * sum(t.data_ms(workers) for t in cycle) / 1e3
             epochs.append(seconds)
             total += seconds
-        stages.append(dict(row, seconds=total, compute_s=compute,
-                           data_s=data, data_bound=data > compute))
-    return dict(stock_s=stock_s, multigrid_s=sum(epochs), stages=stages,
-                epochs=epochs)
+        stages.append(
+            dict(
+                row,
+                seconds=total,
+                compute_s=compute,
+                data_s=data,
+                data_bound=data > compute))
+    return dict(
+        stock_s=stock_s, multigrid_s=sum(epochs), stages=stages, epochs=epochs)
 
 
 def time_compute(model, batch: int, clip: Tuple[int, int, int, int],
@@ -153,7 +158,9 @@ def time_data(dataset, shape, clips: int) -> float:
     return (time.process_time() - start) / clips * 1e3
 
 
-def measure(cfg, iters: int = 3, clips: int = 8,
+def measure(cfg,
+            iters: int = 3,
+            clips: int = 8,
             device: Optional[str] = None) -> Tuple[Dict[Key, Timing], int]:
     """Time the model and the train pipeline of a multigrid config.
 
@@ -178,25 +185,28 @@ def measure(cfg, iters: int = 3, clips: int = 8,
     init_default_scope(cfg.get('default_scope', 'mmaction'))
     converted = convert_config(cfg)
     loader = converted['train_dataloader']
-    schedule = MultiGridSchedule(batch_size=loader['batch_size'],
-                                 **loader['batch_sampler']['schedule'])
+    schedule = MultiGridSchedule(
+        batch_size=loader['batch_size'], **loader['batch_sampler']['schedule'])
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     model = MODELS.build(converted['model']).to(device).train()
     base_size = converted['multi_grid'].get('bn_base_size')
     if base_size:
         model = convert_sub_batch_bn(model, base_size)
-    options = {k: v for k, v in loader['dataset'].items()
-               if k not in ('type', 'dataset')}
+    options = {
+        k: v
+        for k, v in loader['dataset'].items() if k not in ('type', 'dataset')
+    }
     dataset = MultiGridDataset(loader['dataset']['dataset'], **options)
     data: Dict[Tuple[int, ...], float] = {}
     timings = {}
     for i, key in enumerate(batch_keys(schedule)):
         clip = key[1:]
         if clip not in data:
-            data[clip] = time_data(
-                dataset, None if i == 0 else ShapedIndex(0, *clip), clips)
-        timings[key] = Timing(key[0], time_compute(model, key[0], clip,
-                                                   iters, device),
+            data[clip] = time_data(dataset,
+                                   None if i == 0 else ShapedIndex(0, *clip),
+                                   clips)
+        timings[key] = Timing(key[0],
+                              time_compute(model, key[0], clip, iters, device),
                               data[clip])
     return timings, len(dataset)
 
@@ -216,30 +226,33 @@ def report(schedule: MultiGridSchedule, timings: Dict[Key, Timing],
         tuple[str, dict]: the text and the output of :func:`predict`.
     """
     result = predict(schedule, timings, samples, workers)
-    lines = [f'measured on {device}, {workers} data workers per GPU, '
-             f'{samples} clips per epoch:',
-             '| shape (batch x frames x size, interval) | compute ms/iter '
-             '| data ms/clip | data ms/iter |',
-             '|---|---|---|---|']
+    lines = [
+        f'measured on {device}, {workers} data workers per GPU, '
+        f'{samples} clips per epoch:',
+        '| shape (batch x frames x size, interval) | compute ms/iter '
+        '| data ms/clip | data ms/iter |', '|---|---|---|---|'
+    ]
     for i, ((b, t, r, h, w), timing) in enumerate(timings.items()):
         lines.append(f'| {"stock " * (i == 0)}{b}x{t}x{h}x{w}, {r} | '
                      f'{timing.compute_ms:.1f} | {timing.clip_ms:.2f} | '
                      f'{timing.data_ms(workers):.1f} |')
-    lines += ['', '| stage | epochs | predicted s | compute s | data s | '
-              'bound by |', '|---|---|---|---|---|---|']
+    lines += [
+        '', '| stage | epochs | predicted s | compute s | data s | '
+        'bound by |', '|---|---|---|---|---|---|'
+    ]
     for stage in result['stages']:
-        lines.append(
-            f'| {stage["stage"]} | {stage["begin"]}-{stage["end"]} | '
-            f'{stage["seconds"]:.1f} | {stage["compute_s"]:.1f} | '
-            f'{stage["data_s"]:.1f} | '
-            f'{"data" if stage["data_bound"] else "compute"} |')
+        lines.append(f'| {stage["stage"]} | {stage["begin"]}-{stage["end"]} | '
+                     f'{stage["seconds"]:.1f} | {stage["compute_s"]:.1f} | '
+                     f'{stage["data_s"]:.1f} | '
+                     f'{"data" if stage["data_bound"] else "compute"} |')
     bound = [str(s['stage']) for s in result['stages'] if s['data_bound']]
-    lines += ['', f'predicted stock: {result["stock_s"]:.1f} s; multigrid: '
-              f'{result["multigrid_s"]:.1f} s; speedup '
-              f'{result["stock_s"] / result["multigrid_s"]:.2f}x',
-              'data-bound stages: ' + (', '.join(bound) or 'none') + (
-                  f' (more than {workers} workers would help)' if bound
-                  else '')]
+    lines += [
+        '', f'predicted stock: {result["stock_s"]:.1f} s; multigrid: '
+        f'{result["multigrid_s"]:.1f} s; speedup '
+        f'{result["stock_s"] / result["multigrid_s"]:.2f}x',
+        'data-bound stages: ' + (', '.join(bound) or 'none') +
+        (f' (more than {workers} workers would help)' if bound else '')
+    ]
     return '\n'.join(lines), result
 
 
@@ -263,7 +276,9 @@ def plot_timeline(schedule: MultiGridSchedule, result: dict, path: str,
     ax.plot(range(len(hours)), hours, color='C0', lw=2, label='multigrid')
     stock = result['stock_s'] / schedule.stock_max_epochs / 3600
     ax.plot([0, schedule.stock_max_epochs],
-            [0, stock * schedule.stock_max_epochs], '--', color='C7',
+            [0, stock * schedule.stock_max_epochs],
+            '--',
+            color='C7',
             label='stock')
     ax.set_xlabel('epoch')
     ax.set_ylabel('predicted wall-clock (h)')

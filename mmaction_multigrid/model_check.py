@@ -34,8 +34,15 @@ def check_input_shapes(model: torch.nn.Module,
     model.eval()
     try:
         for clip_len, (h, w) in sorted(set(shapes)):
-            inputs = torch.zeros(1, 1, 3, clip_len, h, w, device=param.device,
-                                 dtype=param.dtype)
+            inputs = torch.zeros(
+                1,
+                1,
+                3,
+                clip_len,
+                h,
+                w,
+                device=param.device,
+                dtype=param.dtype)
             try:
                 # Testing shapes needs no cuDNN, which would select
                 # algorithms for every new shape.

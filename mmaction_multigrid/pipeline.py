@@ -129,8 +129,8 @@ def _scale_transform(transform: dict, fw: float, fh: float) -> dict:
         elif transform.get('keep_ratio', True):
             # (-1, 256) or (long, short): a bound, scale both alike.
             f = min(fw, fh)
-            new['scale'] = tuple(
-                s if s == -1 else max(1, int(round(s * f))) for s in scale)
+            new['scale'] = tuple(s if s == -1 else max(1, int(round(s * f)))
+                                 for s in scale)
         else:
             new['scale'] = _scale_wh(tuple(scale), fw, fh)
     elif kind in CROPS:
@@ -214,8 +214,11 @@ def check_format(pipeline: Sequence[dict]) -> None:
 
 
 # ------------------------------------------------------------ data path --
-VIDEO_READERS = {'DecordInit': 'DecordDecode', 'PyAVInit': 'PyAVDecode',
-                 'OpenCVInit': 'OpenCVDecode'}
+VIDEO_READERS = {
+    'DecordInit': 'DecordDecode',
+    'PyAVInit': 'PyAVDecode',
+    'OpenCVInit': 'OpenCVDecode'
+}
 TEMPORAL_SAMPLING = ('span', 'random')
 
 
@@ -239,8 +242,7 @@ def decode_resize(pipeline: Sequence[dict]) -> Optional[dict]:
         kind = _type(transform)
         if kind == 'Resize':
             return transform
-        if kind in SIZE_ARGS or kind in ('RandomResizedCrop',
-                                         'RandomRescale'):
+        if kind in SIZE_ARGS or kind in ('RandomResizedCrop', 'RandomRescale'):
             return None
     return None
 
@@ -280,11 +282,14 @@ def random_interval(pipeline: Sequence[dict], stock_interval: int,
     index = find_sampler(new)
     sampler = new[index]
     high = int(sampler.get('frame_interval', 1))
-    if (_type(sampler) != 'SampleFrames' or sampler['clip_len'] >=
-            stock_clip_len or high <= stock_interval):
+    if (_type(sampler) != 'SampleFrames'
+            or sampler['clip_len'] >= stock_clip_len
+            or high <= stock_interval):
         return new
-    sampler = dict(sampler, type='RandomIntervalSampleFrames',
-                   interval_range=(stock_interval, high))
+    sampler = dict(
+        sampler,
+        type='RandomIntervalSampleFrames',
+        interval_range=(stock_interval, high))
     sampler.pop('frame_interval', None)
     new[index] = sampler
     return new
@@ -307,12 +312,14 @@ def reduced_decode(pipeline: Sequence[dict]) -> List[dict]:
     index = _decode_index(new)
     resize = decode_resize(new)
     if index is None or resize is None or _type(
-            new[index]) != 'RawFrameDecode' or (
-                new[index].get('decoding_backend', 'cv2') != 'cv2'):
+            new[index]) != 'RawFrameDecode' or (new[index].get(
+                'decoding_backend', 'cv2') != 'cv2'):
         return new
-    decode = dict(new[index], type='ReducedRawFrameDecode',
-                  scale=resize['scale'],
-                  keep_ratio=resize.get('keep_ratio', True))
+    decode = dict(
+        new[index],
+        type='ReducedRawFrameDecode',
+        scale=resize['scale'],
+        keep_ratio=resize.get('keep_ratio', True))
     decode.pop('decoding_backend', None)
     new[index] = decode
     return new
@@ -354,8 +361,11 @@ def read_copy(pipeline: Sequence[dict], copy_root: str, source_root: str,
     Returns:
         list[dict]: A new pipeline config.
     """
-    init = dict(type='PreparedFrameInit', copy_root=copy_root,
-                source_root=source_root, source=source)
+    init = dict(
+        type='PreparedFrameInit',
+        copy_root=copy_root,
+        source_root=source_root,
+        source=source)
     new = []
     for transform in pipeline:
         kind = _type(transform)

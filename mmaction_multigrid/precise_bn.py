@@ -85,8 +85,7 @@ def update_bn_stats(model: nn.Module,
         forward = model
     layers = _bn_layers(model)
     saved = [(m.momentum, m.training, m.num_batches_tracked.clone()
-              if m.num_batches_tracked is not None else None)
-             for m in layers]
+              if m.num_batches_tracked is not None else None) for m in layers]
     means = [torch.zeros_like(m.running_mean) for m in layers]
     variances = [torch.zeros_like(m.running_var) for m in layers]
 
@@ -159,7 +158,8 @@ class PreciseBNHook(Hook):
 
     priority = 'ABOVE_NORMAL'
 
-    def __init__(self, num_iters: int = 200,
+    def __init__(self,
+                 num_iters: int = 200,
                  interval: Optional[int] = None) -> None:
         for key, value in (('num_iters', num_iters), ('interval', interval)):
             if value is None and key == 'interval':
@@ -191,9 +191,9 @@ class PreciseBNHook(Hook):
             if epoch % loop.dynamic_intervals[step - 1] == 0:
                 return True
         return any(
-            hook.by_epoch and
-            (hook.every_n_epochs(runner, hook.interval, hook.save_begin)
-             or hook.save_last and hook.is_last_train_epoch(runner))
+            hook.by_epoch and (
+                hook.every_n_epochs(runner, hook.interval, hook.save_begin)
+                or hook.save_last and hook.is_last_train_epoch(runner))
             for hook in runner.hooks if isinstance(hook, CheckpointHook))
 
     def _update(self, runner) -> None:
@@ -202,7 +202,8 @@ class PreciseBNHook(Hook):
         batch_sampler = train_loader.batch_sampler
         seed = getattr(batch_sampler.sampler, 'seed', None)
         sampler = DefaultSampler(
-            train_loader.dataset, shuffle=True,
+            train_loader.dataset,
+            shuffle=True,
             seed=runner.seed if seed is None else seed)
         sampler.set_epoch(runner.epoch)
         loader = DataLoader(

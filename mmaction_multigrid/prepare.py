@@ -55,8 +55,8 @@ def copy_short_sides(cfg: Config) -> List[int]:
             transforms with ``Resize(scale=(-1, SHORT))``.
     """
     loader = convert_config(cfg)['train_dataloader']
-    schedule = MultiGridSchedule(batch_size=loader['batch_size'],
-                                 **loader['batch_sampler']['schedule'])
+    schedule = MultiGridSchedule(
+        batch_size=loader['batch_size'], **loader['batch_sampler']['schedule'])
     pipeline = train_leaf(cfg)['pipeline']
     stock = decode_short_side(pipeline)
     if stock is None:
@@ -111,8 +111,8 @@ def _video_frames(path: str):
     if total == 0:
         raise ValueError('no frames')
     for start in range(0, total, CHUNK):
-        batch = reader.get_batch(list(range(start, min(start + CHUNK,
-                                                       total)))).asnumpy()
+        batch = reader.get_batch(
+            list(range(start, min(start + CHUNK, total)))).asnumpy()
         yield from batch
 
 
@@ -138,13 +138,17 @@ def prepare_sample(task: dict) -> Tuple[str, str, str]:
         tuple[str, str, str]: the source, ``'done'``, ``'skipped'`` (all
         copies existed) or ``'corrupt'``, and the error message.
     """
-    todo = {int(side): folder for side, folder in task['outputs'].items()
-            if not osp.isdir(folder)}
+    todo = {
+        int(side): folder
+        for side, folder in task['outputs'].items() if not osp.isdir(folder)
+    }
     if not todo:
         return task['source'], 'skipped', ''
-    parts = {side: osp.join(osp.dirname(folder),
-                            '.' + osp.basename(folder) + '.part')
-             for side, folder in todo.items()}
+    parts = {
+        side:
+        osp.join(osp.dirname(folder), '.' + osp.basename(folder) + '.part')
+        for side, folder in todo.items()
+    }
     params = [cv2.IMWRITE_JPEG_QUALITY, int(task['quality'])]
     try:
         for part in parts.values():
@@ -201,15 +205,23 @@ def _tasks(cfg: Config, out: str, sides: Sequence[int],
             rel, names = osp.splitext(rel)[0], None
         else:
             start = info.get('offset', 0) + dataset.start_index
-            names = [dataset.filename_tmpl.format(i) for i in range(
-                start, start + info['total_frames'])]
+            names = [
+                dataset.filename_tmpl.format(i)
+                for i in range(start, start + info['total_frames'])
+            ]
         if rel.startswith('..'):
             raise ValueError(f'prepare: {source} is outside the data prefix '
                              f'{root}.')
-        tasks.append(dict(source=source, kind=kind, names=names,
-                          quality=quality, outputs={
-                              side: osp.join(copy_folder(out, side), rel)
-                              for side in sides}))
+        tasks.append(
+            dict(
+                source=source,
+                kind=kind,
+                names=names,
+                quality=quality,
+                outputs={
+                    side: osp.join(copy_folder(out, side), rel)
+                    for side in sides
+                }))
     return tasks, lines
 
 
@@ -226,11 +238,14 @@ def _write_if_changed(path: str, text: str) -> None:
 
 def disk_bytes(folder: str) -> int:
     """Bytes of the files under ``folder``."""
-    return sum(osp.getsize(osp.join(d, name))
-               for d, _, names in os.walk(folder) for name in names)
+    return sum(
+        osp.getsize(osp.join(d, name)) for d, _, names in os.walk(folder)
+        for name in names)
 
 
-def prepare(config: str, out: str, workers: Optional[int] = None,
+def prepare(config: str,
+            out: str,
+            workers: Optional[int] = None,
             quality: int = 90,
             options: Optional[dict] = None) -> Dict[str, object]:
     """Write the prepared copy of a config's train set and its config.
@@ -280,20 +295,30 @@ def prepare(config: str, out: str, workers: Optional[int] = None,
     corrupt = [(src, err) for src, status, err in results
                if status == 'corrupt']
     bad = {src for src, _ in corrupt}
-    kept = [line for line, task in zip(lines, tasks)
-            if task['source'] not in bad]
-    _write_if_changed(osp.join(out, ANNOTATION),
-                      ''.join(line + '\n' for line in kept))
+    kept = [
+        line for line, task in zip(lines, tasks) if task['source'] not in bad
+    ]
+    _write_if_changed(
+        osp.join(out, ANNOTATION), ''.join(line + '\n' for line in kept))
     leaf = train_leaf(cfg)
-    _write_if_changed(osp.join(out, MANIFEST), json.dumps(dict(
-        short_sides=sides, source='video' if leaf['type'] == 'VideoDataset'
-        else 'rawframes', quality=quality), indent=1) + '\n')
+    _write_if_changed(
+        osp.join(out, MANIFEST),
+        json.dumps(
+            dict(
+                short_sides=sides,
+                source='video'
+                if leaf['type'] == 'VideoDataset' else 'rawframes',
+                quality=quality),
+            indent=1) + '\n')
     leaf['ann_file'] = osp.join(out, ANNOTATION)
     cfg['multi_grid']['prepared_copy'] = out
     _write_if_changed(osp.join(out, name), cfg.pretty_text)
-    return dict(short_sides=sides, samples=len(tasks),
-                written=sum(s == 'done' for _, s, _ in results),
-                skipped=sum(s == 'skipped' for _, s, _ in results),
-                corrupt=corrupt, seconds=time.time() - start,
-                bytes=sum(disk_bytes(copy_folder(out, s)) for s in sides),
-                config=osp.join(out, name))
+    return dict(
+        short_sides=sides,
+        samples=len(tasks),
+        written=sum(s == 'done' for _, s, _ in results),
+        skipped=sum(s == 'skipped' for _, s, _ in results),
+        corrupt=corrupt,
+        seconds=time.time() - start,
+        bytes=sum(disk_bytes(copy_folder(out, s)) for s in sides),
+        config=osp.join(out, name))

@@ -119,8 +119,9 @@ class ExactResumeHook(Hook):
         # Acted on in before_train: MMEngine loads the weights (which resets
         # sub-batch BN groups) and may reseed the RNGs after this hook, and
         # only then is it known whether this was a resume or a `load_from`.
-        self._loaded = checkpoint.get(CKPT_KEY, {}), checkpoint.get(
-            'meta', {}).get('epoch', 0)
+        self._loaded = checkpoint.get(CKPT_KEY,
+                                      {}), checkpoint.get('meta',
+                                                          {}).get('epoch', 0)
 
     def before_train(self, runner) -> None:
         """On a resumed run, say what continues and restore the random
@@ -134,7 +135,8 @@ class ExactResumeHook(Hook):
                 'multi_grid: this checkpoint was written without '
                 'mmaction-multigrid; training continues on the multigrid '
                 f'schedule from epoch {epoch} (its shapes, batch sizes and '
-                'LR from that epoch on).', logger='current',
+                'LR from that epoch on).',
+                logger='current',
                 level=logging.WARNING)
             return
         current = self._schedule_state(runner)
@@ -145,7 +147,8 @@ class ExactResumeHook(Hook):
                 f'multi_grid: the checkpoint was trained with other '
                 f'multigrid settings ({", ".join(changed)} differ); '
                 f'training continues from epoch {epoch} on the schedule of '
-                'the current config.', logger='current',
+                'the current config.',
+                logger='current',
                 level=logging.WARNING)
         ranks = state.get('ranks') or []
         if ranks:

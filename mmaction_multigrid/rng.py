@@ -29,8 +29,10 @@ from torch.utils.data import get_worker_info
 
 def rng_state() -> dict:
     """Python, NumPy and torch CPU random states of this process."""
-    return dict(python=random.getstate(), numpy=np.random.get_state(),
-                torch=torch.get_rng_state())
+    return dict(
+        python=random.getstate(),
+        numpy=np.random.get_state(),
+        torch=torch.get_rng_state())
 
 
 def set_rng_state(state: dict) -> None:

@@ -13,8 +13,8 @@ code unchanged.
 from typing import Dict
 
 from mmaction.registry import PARAM_SCHEDULERS
-from mmengine.optim import OptimWrapperDict
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapperDict
 from mmengine.registry import RUNNERS
 from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner, Runner
 
@@ -73,13 +73,18 @@ class MultiGridRunner(Runner):
             # arguments here; the loop's schedule is the one to share.
             configs = [
                 PARAM_SCHEDULERS.build(
-                    {k: v for k, v in c.items() if k != 'schedule'},
-                    default_args=dict(optimizer=self.optim_wrapper,
-                                      schedule=loop.schedule,
-                                      epoch_of_step=loop.fractional_epoch))
+                    {
+                        k: v
+                        for k, v in c.items() if k != 'schedule'
+                    },
+                    default_args=dict(
+                        optimizer=self.optim_wrapper,
+                        schedule=loop.schedule,
+                        epoch_of_step=loop.fractional_epoch))
                 if _is_multigrid_lr(c) else c for c in configs
             ]
         return super().build_param_scheduler(configs)
+
     def wrap_model(self, model_wrapper_cfg, model):
         # MMEngine 0.10.7's wrap_model undoes sub-batch BN: on one process
         # revert_sync_batchnorm turns SubBatchSyncBatchNorm into plain
@@ -101,17 +106,18 @@ class MultiGridRunner(Runner):
             self.logger.info(f'multi_grid: BN layer {name} left plain: '
                              f'{reason}.')
         if per_sample:
-            counts = ', '.join(f'{n} {k}' for k, n in sorted(
-                per_sample.items()))
+            counts = ', '.join(f'{n} {k}'
+                               for k, n in sorted(per_sample.items()))
             self.logger.info(
                 f'multi_grid: {counts} layer(s) normalise each sample on '
                 'its own; the batch size does not change them.')
 
     def build_train_loop(self, loop):
         if isinstance(loop, dict) and loop.get(
-                'type', 'EpochBasedTrainLoop') in (
-                    'EpochBasedTrainLoop', EpochBasedTrainLoop) and loop.get(
-                        'by_epoch', True):
+                'type',
+                'EpochBasedTrainLoop') in ('EpochBasedTrainLoop',
+                                           EpochBasedTrainLoop) and loop.get(
+                                               'by_epoch', True):
             loop = {k: v for k, v in loop.items() if k != 'by_epoch'}
             loop['type'] = MultiGridTrainLoop
         return super().build_train_loop(loop)
@@ -119,8 +125,8 @@ class MultiGridRunner(Runner):
 
 def _is_multigrid_lr(cfg) -> bool:
     """Whether ``cfg`` is a ``MultiGridLR`` config (string or class type)."""
-    return isinstance(cfg, dict) and cfg.get('type') in ('MultiGridLR',
-                                                         MultiGridLR)
+    return isinstance(cfg,
+                      dict) and cfg.get('type') in ('MultiGridLR', MultiGridLR)
 
 
 # User Runner subclass -> that subclass with MultiGridRunner mixed in.

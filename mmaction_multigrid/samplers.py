@@ -6,8 +6,8 @@ from mmaction.registry import DATA_SAMPLERS
 from torch.utils.data import BatchSampler, Sampler
 
 from .datasets import ShapedIndex
-from .schedule import MultiGridSchedule
 from .rng import sample_seed
+from .schedule import MultiGridSchedule
 
 
 @DATA_SAMPLERS.register_module()
@@ -43,8 +43,11 @@ class ShortCycleBatchSampler(BatchSampler):
             ``batch_size``.
     """
 
-    def __init__(self, sampler: Sampler, batch_size: int,
-                 drop_last: bool = True, schedule: dict = None) -> None:
+    def __init__(self,
+                 sampler: Sampler,
+                 batch_size: int,
+                 drop_last: bool = True,
+                 schedule: dict = None) -> None:
         if schedule is None:
             raise ValueError('ShortCycleBatchSampler needs `schedule`; it is '
                              'written by the multigrid config conversion.')
@@ -95,9 +98,9 @@ class ShortCycleBatchSampler(BatchSampler):
             else:
                 chunk = order[start:stop]
             yield [
-                ShapedIndex(i, shape.clip_len, shape.frame_interval,
-                            *shape.size, seed(start + k))
-                for k, i in enumerate(chunk)
+                ShapedIndex(i,
+                            shape.clip_len, shape.frame_interval, *shape.size,
+                            seed(start + k)) for k, i in enumerate(chunk)
             ]
             start = stop
 
@@ -114,5 +117,5 @@ class ShortCycleBatchSampler(BatchSampler):
             return lambda position: None
         rank = getattr(self.sampler, 'rank', 0)
         world = getattr(self.sampler, 'world_size', 1)
-        return lambda position: sample_seed(base, epoch,
-                                            position * world + rank)
+        return lambda position: sample_seed(base, epoch, position * world +
+                                            rank)

@@ -14,8 +14,8 @@ from . import lr_rules
 
 Size = Tuple[int, int]
 
-DEFAULT_LONG_CYCLE_FACTORS = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1),
-                              (1, 1))
+DEFAULT_LONG_CYCLE_FACTORS = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1,
+                                                                            1))
 DEFAULT_SHORT_CYCLE_FACTORS = (0.5, 0.5**0.5)
 
 
@@ -162,11 +162,15 @@ class MultiGridSchedule:
                  fine_tune_share: float = 0.2,
                  lr_scaling: str = 'linear') -> None:
         self.args = dict(
-            clip_len=clip_len, frame_interval=frame_interval,
+            clip_len=clip_len,
+            frame_interval=frame_interval,
             size=list(size) if isinstance(size, (list, tuple)) else size,
-            max_epochs=max_epochs, milestones=list(milestones), gamma=gamma,
+            max_epochs=max_epochs,
+            milestones=list(milestones),
+            gamma=gamma,
             warmup_epochs=warmup_epochs,
-            warmup_start_factor=warmup_start_factor, long_cycle=long_cycle,
+            warmup_start_factor=warmup_start_factor,
+            long_cycle=long_cycle,
             short_cycle=short_cycle,
             long_cycle_factors=[list(f) for f in long_cycle_factors],
             short_cycle_factors=list(short_cycle_factors),
@@ -174,9 +178,10 @@ class MultiGridSchedule:
         # Only when used, so that step schedules keep their settings (and
         # their checkpoints' saved settings) as before.
         if lr_terms is not None:
-            self.args.update(lr_terms=[dict(t) for t in lr_terms],
-                             num_long_cycles=num_long_cycles,
-                             fine_tune_share=fine_tune_share)
+            self.args.update(
+                lr_terms=[dict(t) for t in lr_terms],
+                num_long_cycles=num_long_cycles,
+                fine_tune_share=fine_tune_share)
         if lr_scaling != 'linear':
             self.args.update(lr_scaling=lr_scaling)
         if lr_scaling not in lr_rules.LR_SCALINGS:
@@ -185,11 +190,12 @@ class MultiGridSchedule:
                 f'{sorted(lr_rules.LR_SCALINGS)}.')
         self.lr_scaling = lr_scaling
         self.lr_terms = None if lr_terms is None else [
-            dict(t) for t in lr_terms]
+            dict(t) for t in lr_terms
+        ]
         self.clip_len = clip_len
         self.frame_interval = frame_interval
-        self.size: Size = (size, size) if isinstance(size, int) else tuple(
-            size)
+        self.size: Size = (size,
+                           size) if isinstance(size, int) else tuple(size)
         self.batch_size = batch_size
         self.stock_max_epochs = max_epochs
         self.stock_milestones = list(milestones)
@@ -215,9 +221,8 @@ class MultiGridSchedule:
                 self.stock_milestones = lr_rules.phase_ends(
                     max_epochs, num_long_cycles, fine_tune_share)
         elif not self.stock_milestones:
-            raise ValueError(
-                'multi_grid needs a step LR schedule: the stock '
-                '`param_scheduler` has no MultiStepLR milestone.')
+            raise ValueError('multi_grid needs a step LR schedule: the stock '
+                             '`param_scheduler` has no MultiStepLR milestone.')
         self.default_shape = Shape(1, clip_len, self.size)
         if long_cycle:
             self.stages = self._long_cycle_stages()
@@ -227,8 +232,8 @@ class MultiGridSchedule:
             self.max_epochs = int(max_epochs * epoch_factor)
             self.milestones = [int(m * epoch_factor) for m in milestones]
             self.stages = [
-                Stage(i, self.default_shape, end) for i, end in enumerate(
-                    self.milestones + [self.max_epochs])
+                Stage(i, self.default_shape, end)
+                for i, end in enumerate(self.milestones + [self.max_epochs])
             ]
         self._check_nonempty()
         # Read every iteration by the LR scheduler: computed once.
@@ -290,8 +295,7 @@ class MultiGridSchedule:
                 'larger factors.')
         batch = batch_multiplier((self.clip_len, ) + self.size,
                                  (frames, ) + tuple(size))
-        return Shape(batch, frames,
-                     (int(round(size[0])), int(round(size[1]))))
+        return Shape(batch, frames, (int(round(size[0])), int(round(size[1]))))
 
     def long_cycle_shapes(self) -> List[List[Shape]]:
         """Shapes of each long-cycle entry.
@@ -307,8 +311,9 @@ class MultiGridSchedule:
             base = tuple(round(x) for x in self._scaled_size(s_factor))
             sizes = [base]
             if self.short_cycle:
-                sizes = [self._scaled_size(f)
-                         for f in self.short_cycle_factors] + sizes
+                sizes = [
+                    self._scaled_size(f) for f in self.short_cycle_factors
+                ] + sizes
             all_shapes.append([self._shape(frames, s) for s in sizes])
         return all_shapes
 
@@ -325,8 +330,9 @@ class MultiGridSchedule:
         shape again, is used.
         """
         all_shapes = self.long_cycle_shapes()
-        avg_b = [sum(s.batch for s in shapes) / len(shapes)
-                 for shapes in all_shapes]
+        avg_b = [
+            sum(s.batch for s in shapes) / len(shapes) for shapes in all_shapes
+        ]
         steps = [0] + self.stock_milestones
         entries, iters = [], 0.0
         for i in range(len(steps) - 1):
@@ -338,8 +344,8 @@ class MultiGridSchedule:
         ft_epochs = (self.stock_max_epochs -
                      steps[-1]) / iter_saving * avg_b[-1]
         entries.append((len(steps) - 1, all_shapes[-1][-1], ft_epochs))
-        x = self.stock_max_epochs * self.epoch_factor / sum(
-            e[2] for e in entries)
+        x = self.stock_max_epochs * self.epoch_factor / sum(e[2]
+                                                            for e in entries)
         stages, total = [], 0.0
         for lr_stage, shape, epochs in entries:
             total += epochs * x
@@ -389,14 +395,16 @@ class MultiGridSchedule:
             list[BatchShape]: three shapes with short cycles, else one.
         """
         base = self.base_shape(epoch)
-        interval = max(1, int(round(self.frame_interval * self.clip_len /
-                                    base.frames)))
+        interval = max(
+            1, int(round(self.frame_interval * self.clip_len / base.frames)))
         return [
             BatchShape(self.batch_size * b, base.frames, interval, size)
             for b, size in self.short_cycle_sizes(base)
         ]
 
-    def num_batches(self, epoch: int, num_samples: int,
+    def num_batches(self,
+                    epoch: int,
+                    num_samples: int,
                     drop_last: bool = True) -> int:
         """Iterations of ``epoch`` for a sampler of ``num_samples`` samples."""
         sizes = [s.batch_size for s in self.batch_shapes(epoch)]
@@ -445,12 +453,13 @@ class MultiGridSchedule:
         non-step schedule runs with long cycles."""
         if self.lr_terms is None or not self.long_cycle:
             return None
-        steps = [0.0] + list(self.stock_milestones) + [
-            float(self.stock_max_epochs)]
+        steps = [0.0] + list(
+            self.stock_milestones) + [float(self.stock_max_epochs)]
         spans, begin = [], 0
         for i, stage in enumerate(self.stages):
-            last = (i + 1 == len(self.stages)
-                    or self.stages[i + 1].lr_stage != stage.lr_stage)
+            last = (
+                i + 1 == len(self.stages)
+                or self.stages[i + 1].lr_stage != stage.lr_stage)
             if last and stage.end_epoch > begin:
                 spans.append((begin, stage.end_epoch, steps[stage.lr_stage],
                               steps[stage.lr_stage + 1]))
@@ -511,8 +520,7 @@ class MultiGridSchedule:
             if not self.long_cycle:  # the stock schedule, stretched
                 return lr_rules.stock_factor(self._stretched_terms, epoch)
             return self.lr_scale(epoch) * lr_rules.stock_factor(
-                self.lr_terms, self.equivalent_stock_epoch(epoch),
-                smooth=True)
+                self.lr_terms, self.equivalent_stock_epoch(epoch), smooth=True)
         if epoch < self.warmup_epochs:
             start = self.warmup_start_factor
             end = self._scaled_step_factor(self.warmup_epochs)
@@ -524,8 +532,7 @@ class MultiGridSchedule:
         factor = self._step_factor(epoch)
         if self.lr_scaling != 'linear' and self.long_cycle:
             # The step rule's relative LRs hold the linear batch factor.
-            factor *= self.lr_scale(epoch) / self.base_shape(
-                int(epoch)).batch
+            factor *= self.lr_scale(epoch) / self.base_shape(int(epoch)).batch
         return factor
 
     def compute_ratio(self) -> float:
@@ -542,8 +549,8 @@ class MultiGridSchedule:
         for epoch in range(self.max_epochs):
             shapes = self.batch_shapes(epoch)
             mean_batch = sum(s.batch_size for s in shapes) / len(shapes)
-            per_batch = sum(s.batch_size * s.clip_len * s.size[0] *
-                            s.size[1] for s in shapes) / len(shapes)
+            per_batch = sum(s.batch_size * s.clip_len * s.size[0] * s.size[1]
+                            for s in shapes) / len(shapes)
             total += per_batch / mean_batch / default
         return total / self.stock_max_epochs
 
@@ -570,13 +577,19 @@ class MultiGridSchedule:
         rows, begin = [], 0
         for i, stage in enumerate(self.stages):
             shapes = self.batch_shapes(begin)
-            lr = (self._scaled_step_factor(begin) if self.lr_terms is None
-                  else self.lr_factor(begin)) * (base_lr or 1.0)
+            lr = (self._scaled_step_factor(begin)
+                  if self.lr_terms is None else self.lr_factor(begin)) * (
+                      base_lr or 1.0)
             rows.append(
-                dict(stage=i, lr_stage=stage.lr_stage, begin=begin,
-                     end=stage.end_epoch, frames=shapes[-1].clip_len,
-                     interval=shapes[-1].frame_interval,
-                     sizes=[s.size for s in shapes],
-                     batch=[s.batch_size for s in shapes], lr=lr))
+                dict(
+                    stage=i,
+                    lr_stage=stage.lr_stage,
+                    begin=begin,
+                    end=stage.end_epoch,
+                    frames=shapes[-1].clip_len,
+                    interval=shapes[-1].frame_interval,
+                    sizes=[s.size for s in shapes],
+                    batch=[s.batch_size for s in shapes],
+                    lr=lr))
             begin = stage.end_epoch
         return rows

@@ -78,12 +78,17 @@ class MultiGridLR(LRSchedulerMixin, _ParamScheduler):
         if kwargs:
             raise TypeError(f'MultiGridLR got unexpected arguments '
                             f'{sorted(kwargs)}.')
-        self.schedule = (schedule if isinstance(schedule, MultiGridSchedule)
-                         else MultiGridSchedule(**schedule))
+        self.schedule = (
+            schedule if isinstance(schedule, MultiGridSchedule) else
+            MultiGridSchedule(**schedule))
         self.epoch_of_step = epoch_of_step
-        super().__init__(optimizer, begin=0, end=INF,
-                         last_step=last_step, by_epoch=False,
-                         verbose=verbose)
+        super().__init__(
+            optimizer,
+            begin=0,
+            end=INF,
+            last_step=last_step,
+            by_epoch=False,
+            verbose=verbose)
 
     def start_at(self, step: int) -> None:
         """Continue the schedule at global iteration ``step``.

@@ -61,19 +61,21 @@ def _render_clip(rng: np.random.Generator, label: int, num_frames: int,
     dx, dy, mirror = _KINDS[label % len(_KINDS)]
     if mirror and rng.random() < 0.5:
         dx = -dx
-    speed = (_BASE_SPEED * min(h, w) * 2**(label // len(_KINDS)) *
-             rng.uniform(0.85, 1.15))
+    speed = (
+        _BASE_SPEED * min(h, w) * 2**(label // len(_KINDS)) *
+        rng.uniform(0.85, 1.15))
     vx, vy = dx * speed, dy * speed
 
     # Dark textured background: smooth blobs plus fixed fine grain; every
     # channel stays below ~130 so the shape is the only bright thing.
     coarse = rng.uniform(20, 100, (max(h // 12, 2), max(w // 12, 2), 3))
-    bg = cv2.resize(coarse.astype(np.float32), (w, h),
-                    interpolation=cv2.INTER_CUBIC)
+    bg = cv2.resize(
+        coarse.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     bg = np.clip(bg, 15, 105).astype(np.int16)
     bg += rng.integers(-12, 13, (h, w, 3), dtype=np.int16)
 
-    hsv = np.array([[[rng.integers(0, 180), rng.integers(120, 256), 255]]],
+    hsv = np.array([[[rng.integers(0, 180),
+                      rng.integers(120, 256), 255]]],
                    dtype=np.uint8)
     colour = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
     radius = rng.uniform(0.08, 0.14) * min(h, w)
@@ -97,8 +99,7 @@ def _render_clip(rng: np.random.Generator, label: int, num_frames: int,
                     cv2.rectangle(frame, (px - r, py - r), (px + r, py + r),
                                   colour, -1, cv2.LINE_AA, 4)
                 else:
-                    cv2.circle(frame, (px, py), r, colour, -1, cv2.LINE_AA,
-                               4)
+                    cv2.circle(frame, (px, py), r, colour, -1, cv2.LINE_AA, 4)
         yield frame
 
 
@@ -186,8 +187,8 @@ def make_dataset(root: str,
         return f'{name} {num_frames} {label}'
 
     lines: Dict[str, List[str]] = {}
-    for split, per_class in (('train', videos_per_class),
-                             ('val', val_per_class)):
+    for split, per_class in (('train', videos_per_class), ('val',
+                                                           val_per_class)):
         os.makedirs(osp.join(prefix, split), exist_ok=True)
         lines[split] = [
             write_clip(f'{split}/{label:02d}_{idx:03d}',
@@ -233,7 +234,8 @@ def make_dataset(root: str,
     return info
 
 
-def dataset_cfg(info: Dict[str, Any], pipeline: list,
+def dataset_cfg(info: Dict[str, Any],
+                pipeline: list,
                 split: str = 'train') -> dict:
     """Returns an MMAction2 dataset config for a generated data set.
 
@@ -253,10 +255,11 @@ def dataset_cfg(info: Dict[str, Any], pipeline: list,
         pipeline=pipeline,
         test_mode=split != 'train')
     if info['fmt'] == 'video':
-        cfg.update(type='VideoDataset',
-                   data_prefix=dict(video=info['data_prefix']))
+        cfg.update(
+            type='VideoDataset', data_prefix=dict(video=info['data_prefix']))
     else:
-        cfg.update(type='RawframeDataset',
-                   data_prefix=dict(img=info['data_prefix']),
-                   filename_tmpl=_FRAME_TMPL)
+        cfg.update(
+            type='RawframeDataset',
+            data_prefix=dict(img=info['data_prefix']),
+            filename_tmpl=_FRAME_TMPL)
     return cfg

@@ -177,10 +177,13 @@ class ReducedRawFrameDecode(RawFrameDecode):
         **kwargs: Arguments of the file client.
     """
 
-    def __init__(self, scale, keep_ratio: bool = True,
-                 io_backend: str = 'disk', **kwargs) -> None:
-        super().__init__(io_backend=io_backend, decoding_backend='cv2',
-                         **kwargs)
+    def __init__(self,
+                 scale,
+                 keep_ratio: bool = True,
+                 io_backend: str = 'disk',
+                 **kwargs) -> None:
+        super().__init__(
+            io_backend=io_backend, decoding_backend='cv2', **kwargs)
         self.scale = scale if isinstance(scale, float) else tuple(scale)
         self.keep_ratio = keep_ratio
 
@@ -195,9 +198,9 @@ class ReducedRawFrameDecode(RawFrameDecode):
         offset = results.get('offset', 0)
 
         def path(frame_idx: int) -> str:
-            return osp.join(results['frame_dir'],
-                            results['filename_tmpl'].format(frame_idx +
-                                                            offset))
+            return osp.join(
+                results['frame_dir'],
+                results['filename_tmpl'].format(frame_idx + offset))
 
         data = self.file_client.get(path(inds[0]))
         size = jpeg_size(data)
@@ -249,7 +252,9 @@ class PreparedFrameInit(BaseTransform):
             Defaults to ``'img_{:05}.jpg'``.
     """
 
-    def __init__(self, copy_root: str, source_root: str,
+    def __init__(self,
+                 copy_root: str,
+                 source_root: str,
                  source: str = 'video',
                  filename_tmpl: str = 'img_{:05}.jpg') -> None:
         if source not in ('video', 'rawframes'):

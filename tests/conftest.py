@@ -12,8 +12,8 @@ from mmengine.config import Config
 from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
 
 TESTS = osp.dirname(osp.abspath(__file__))
-STOCK = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
-                 'recognition')
+STOCK = osp.join(
+    osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')
 TOOLS = osp.join(osp.dirname(mmaction.__file__), '.mim', 'tools')
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
@@ -30,22 +30,31 @@ torch.set_flush_denormal(True)
 @pytest.fixture(scope='session')
 def videos(tmp_path_factory):
     """4 classes x 4 training videos of 40 frames (and 2 val per class)."""
-    return make_dataset(str(tmp_path_factory.mktemp('videos')),
-                        videos_per_class=4, num_frames=40, size=(48, 64))
+    return make_dataset(
+        str(tmp_path_factory.mktemp('videos')),
+        videos_per_class=4,
+        num_frames=40,
+        size=(48, 64))
 
 
 @pytest.fixture(scope='session')
 def videos32(tmp_path_factory):
     """8 training videos per class: room for a per-GPU batch of 2."""
-    return make_dataset(str(tmp_path_factory.mktemp('videos32')),
-                        videos_per_class=8, num_frames=40, size=(48, 64))
+    return make_dataset(
+        str(tmp_path_factory.mktemp('videos32')),
+        videos_per_class=8,
+        num_frames=40,
+        size=(48, 64))
 
 
 @pytest.fixture(scope='session')
 def rawframes(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp('rawframes')),
-                        videos_per_class=4, num_frames=40, size=(48, 64),
-                        fmt='rawframes')
+    return make_dataset(
+        str(tmp_path_factory.mktemp('rawframes')),
+        videos_per_class=4,
+        num_frames=40,
+        size=(48, 64),
+        fmt='rawframes')
 
 
 def _shrink_pipeline(pipeline, clip_len, interval, size, short_side, fmt):
@@ -74,11 +83,19 @@ def _shrink_pipeline(pipeline, clip_len, interval, size, short_side, fmt):
     return out
 
 
-def toy_config(stock: str, data: dict, clip_len: int = 32,
-               interval: int = 1, size: int = 32, short_side: int = 40,
-               batch_size: int = 1, max_epochs: int = 4,
-               milestones=(2, 3), warmup: int = 0, work_dir: str = None,
-               multi_grid: dict = None, options: dict = None) -> Config:
+def toy_config(stock: str,
+               data: dict,
+               clip_len: int = 32,
+               interval: int = 1,
+               size: int = 32,
+               short_side: int = 40,
+               batch_size: int = 1,
+               max_epochs: int = 4,
+               milestones=(2, 3),
+               warmup: int = 0,
+               work_dir: str = None,
+               multi_grid: dict = None,
+               options: dict = None) -> Config:
     """A stock config from the installed MMAction2, shrunk to toy data.
 
     Pipelines keep their transforms (only sizes change); the schedule keeps
@@ -101,8 +118,9 @@ def toy_config(stock: str, data: dict, clip_len: int = 32,
         loader = cfg[name]
         pipeline = loader.dataset.pipeline
         loader.dataset = dataset_cfg(
-            data, _shrink_pipeline(pipeline, clip_len, interval, size,
-                                   short_side, data['fmt']), split)
+            data,
+            _shrink_pipeline(pipeline, clip_len, interval, size, short_side,
+                             data['fmt']), split)
         loader.num_workers = 0
         loader.persistent_workers = False
     cfg.train_dataloader.batch_size = batch_size
@@ -112,21 +130,34 @@ def toy_config(stock: str, data: dict, clip_len: int = 32,
     cfg.train_cfg.max_epochs = max_epochs
     cfg.train_cfg.val_interval = 1
     cfg.train_cfg.val_begin = 1
-    schedulers = [dict(type='MultiStepLR', begin=0, end=max_epochs,
-                       by_epoch=True, milestones=list(milestones),
-                       gamma=0.1)]
+    schedulers = [
+        dict(
+            type='MultiStepLR',
+            begin=0,
+            end=max_epochs,
+            by_epoch=True,
+            milestones=list(milestones),
+            gamma=0.1)
+    ]
     if warmup:
-        schedulers.insert(0, dict(type='LinearLR', start_factor=0.1,
-                                  by_epoch=True, begin=0, end=warmup,
-                                  convert_to_iter_based=True))
+        schedulers.insert(
+            0,
+            dict(
+                type='LinearLR',
+                start_factor=0.1,
+                by_epoch=True,
+                begin=0,
+                end=warmup,
+                convert_to_iter_based=True))
     cfg.param_scheduler = schedulers
     cfg.default_hooks.logger.interval = 1
     cfg.default_hooks.checkpoint.interval = 1
     cfg.default_hooks.checkpoint.max_keep_ckpts = -1
     cfg.default_hooks.checkpoint.pop('save_best', None)
-    cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(
-        mp_start_method='fork', opencv_num_threads=0),
-                       dist_cfg=dict(backend='gloo'))
+    cfg.env_cfg = dict(
+        cudnn_benchmark=False,
+        mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+        dist_cfg=dict(backend='gloo'))
     cfg.randomness = dict(seed=0, deterministic=False)
     cfg.auto_scale_lr = dict(enable=False, base_batch_size=batch_size)
     if options:
@@ -139,8 +170,8 @@ def toy_config(stock: str, data: dict, clip_len: int = 32,
             allow_failed_imports=False)
         cfg.multi_grid = multi_grid
     else:
-        cfg.custom_imports = dict(imports=['recorder'],
-                                  allow_failed_imports=False)
-    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [
-        dict(type='InputRecorder')]
+        cfg.custom_imports = dict(
+            imports=['recorder'], allow_failed_imports=False)
+    cfg.custom_hooks = list(cfg.get('custom_hooks')
+                            or []) + [dict(type='InputRecorder')]
     return cfg

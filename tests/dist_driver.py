@@ -15,8 +15,10 @@ import torch.distributed as dist
 
 
 def main(config: str) -> None:
-    dist.init_process_group(backend='gloo', init_method='env://',
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        backend='gloo',
+        init_method='env://',
+        timeout=datetime.timedelta(seconds=60))
     from mmengine.config import Config
     from mmengine.runner import Runner
 

@@ -72,8 +72,10 @@ class SampleRecorder(Hook):
 
         def pre_hook(module, args):
             if module.training and self.current is not None:
-                record = dict(self.current, shape=list(args[0].shape),
-                              lr=runner.optim_wrapper.param_groups[0]['lr'])
+                record = dict(
+                    self.current,
+                    shape=list(args[0].shape),
+                    lr=runner.optim_wrapper.param_groups[0]['lr'])
                 with open(path, 'a') as f:
                     f.write(json.dumps(record) + '\n')
 
@@ -86,10 +88,13 @@ class SampleRecorder(Hook):
             name = meta.get('filename', meta.get('frame_dir'))
             files.append(osp.basename(str(name)))
         inputs = [digest(x) for x in (data_batch or {}).get('inputs', [])]
-        self.current = dict(epoch=runner.epoch, iter=batch_idx, files=files,
-                            inputs=inputs)
+        self.current = dict(
+            epoch=runner.epoch, iter=batch_idx, files=files, inputs=inputs)
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None) -> None:
         self.current = None
 
@@ -102,8 +107,8 @@ class KillAt(Hook):
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         target = os.environ.get('MG_KILL_AT')
-        if target and tuple(map(int, target.split(':'))) == (runner.epoch,
-                                                             batch_idx):
+        if target and tuple(map(
+                int, target.split(':'))) == (runner.epoch, batch_idx):
             os.kill(os.getpid(), signal.SIGKILL)
 
 

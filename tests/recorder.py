@@ -26,9 +26,12 @@ class InputRecorder(Hook):
         def pre_hook(module, args):
             if module.training:
                 self.records.append(
-                    dict(epoch=runner.epoch, iter=self.epoch_iter[1],
-                         shape=list(args[0].shape),
-                         lr=runner.optim_wrapper.param_groups[0]['lr']))
+                    dict(
+                        epoch=runner.epoch,
+                        iter=self.epoch_iter[1],
+                        shape=list(args[0].shape),
+                        lr=runner.optim_wrapper.param_groups[0]['lr']))
+
         model.backbone.register_forward_pre_hook(pre_hook)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:

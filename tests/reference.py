@@ -45,7 +45,8 @@ def long_cycle(T, S, E, milestones, long_factors, short_factors, short_cycle,
 
 def short_only(T, S, E, milestones, epoch_factor):
     """Same format for short cycles only."""
-    ends = [int(m * epoch_factor) for m in milestones] + [int(E * epoch_factor)]
+    ends = [int(m * epoch_factor)
+            for m in milestones] + [int(E * epoch_factor)]
     return [(i, (1, T, tuple(S)), end) for i, end in enumerate(ends)]
 
 
@@ -68,9 +69,15 @@ def batches(B, base, S, short_factors, short_cycle):
     return cycle
 
 
-def lr_factor(e, schedule, gamma, n_milestones, long_cycle_on, warmup=0,
+def lr_factor(e,
+              schedule,
+              gamma,
+              n_milestones,
+              long_cycle_on,
+              warmup=0,
               start=0.1):
     """Relative LR at fractional epoch e (warm-up included)."""
+
     def step(e):
         if long_cycle_on:
             ends = [s[2] for s in schedule]
@@ -82,6 +89,7 @@ def lr_factor(e, schedule, gamma, n_milestones, long_cycle_on, warmup=0,
             rels = [gamma**i for i in range(len(points))]
         idx = max(i for i, p in enumerate(points) if p <= e)
         return rels[idx]
+
     if e < warmup:
         return start + e * (step(warmup) - start) / warmup
     return step(e)
@@ -101,9 +109,20 @@ LONG = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1))
 SHORT = (0.5, 0.5**0.5)
 
 
-def expected_run(n_train, T, S, B, E, milestones, base_lr, warmup=0,
-                 long_on=True, short_on=True, epoch_factor=1.5,
-                 long_factors=LONG, drop_last=True, gamma=0.1):
+def expected_run(n_train,
+                 T,
+                 S,
+                 B,
+                 E,
+                 milestones,
+                 base_lr,
+                 warmup=0,
+                 long_on=True,
+                 short_on=True,
+                 epoch_factor=1.5,
+                 long_factors=LONG,
+                 drop_last=True,
+                 gamma=0.1):
     """[(epoch, iter, backbone input shape, lr)] of a whole run.
 
     ``n_train`` samples per GPU, square default size ``S``, per-GPU stock
@@ -151,12 +170,12 @@ def pyslowfast_long_cycle(T, S, E, milestones, gamma, long_factors,
         base_s = int(round(S * s_factor))
         if short_cycle:
             shapes = [[base_t, S * short_factors[0]],
-                      [base_t, S * short_factors[1]],
-                      [base_t, base_s]]
+                      [base_t, S * short_factors[1]], [base_t, base_s]]
         else:
             shapes = [[base_t, base_s]]
-        shapes = [[int(round(default_size / (s[0] * s[1] * s[1]))), s[0],
-                   s[1]] for s in shapes]
+        shapes = [[
+            int(round(default_size / (s[0] * s[1] * s[1]))), s[0], s[1]
+        ] for s in shapes]
         avg_bs.append(sum(s[0] for s in shapes) / len(shapes))
         all_shapes.append(shapes)
     total_iters = 0
@@ -171,8 +190,8 @@ def pyslowfast_long_cycle(T, S, E, milestones, gamma, long_factors,
     iter_saving = default_iters / total_iters
     final_step_epochs = E - steps[-1]
     ft_epochs = final_step_epochs / iter_saving * avg_bs[-1]
-    schedule.append((step_index + 1, all_shapes[-1][2 if short_cycle else -1],
-                     ft_epochs))
+    schedule.append(
+        (step_index + 1, all_shapes[-1][2 if short_cycle else -1], ft_epochs))
     x = E * epoch_factor / sum(s[-1] for s in schedule)
     final_schedule = []
     total_epochs = 0
@@ -240,7 +259,12 @@ def cosine_phases(E, K, share):
     return [E * (1 - share) * (i + 1) / K for i in range(K)]
 
 
-def cosine_lr_factor(e, schedule, schedulers, base_lr, E, phases,
+def cosine_lr_factor(e,
+                     schedule,
+                     schedulers,
+                     base_lr,
+                     E,
+                     phases,
                      scaling='linear'):
     """Long cycle + non-step LR at multigrid epoch e.
 

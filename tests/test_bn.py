@@ -143,8 +143,8 @@ def test_bfloat16_model():
     bn = bn.to(torch.bfloat16)
     x = _inputs(16).to(torch.bfloat16).requires_grad_()
     out = bn(x)
-    expected, _ = _per_group(x.detach().float(), 8, weight=bn.weight.float(),
-                             bias=bn.bias.float())
+    expected, _ = _per_group(
+        x.detach().float(), 8, weight=bn.weight.float(), bias=bn.bias.float())
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
     out.float().sum().backward()
@@ -320,8 +320,10 @@ def test_convert_resnet3d_keeps_parameters_and_state_dict():
     x = torch.randn(4, 3, 2, 32, 32)
     model(x).mean().backward()
     optimizer.step()
-    changed = [n for n, p in model.named_parameters()
-               if not torch.equal(p, before[n])]
+    changed = [
+        n for n, p in model.named_parameters()
+        if not torch.equal(p, before[n])
+    ]
     assert any('bn' in n for n in changed)
     assert any('conv' in n for n in changed)
     # Running stats were updated through the shared buffers.
@@ -343,16 +345,17 @@ def test_convert_root_and_sync_bn():
 
 
 def test_registry_and_build_norm_layer():
-    import mmaction_multigrid.bn  # noqa: F401 (registers the layers)
     from mmaction.registry import MODELS
     from mmcv.cnn import build_norm_layer
     from mmengine.registry import init_default_scope
 
-    layer = MODELS.build(dict(type='SubBatchBN3d', num_features=C,
-                              base_size=8))
+    import mmaction_multigrid.bn  # noqa: F401 (registers the layers)
+
+    layer = MODELS.build(
+        dict(type='SubBatchBN3d', num_features=C, base_size=8))
     assert isinstance(layer, SubBatchNorm3d) and layer.base_size == 8
-    layer = MODELS.build(dict(type='SubBatchSyncBN', num_features=C,
-                              base_size=8))
+    layer = MODELS.build(
+        dict(type='SubBatchSyncBN', num_features=C, base_size=8))
     assert isinstance(layer, SubBatchSyncBatchNorm)
 
     init_default_scope('mmaction')
@@ -378,8 +381,7 @@ def test_single_value_groups_give_the_bias_and_keep_running_stats():
     assert torch.equal(x.grad, torch.zeros_like(x))
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
-                          reason='needs a GPU')
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
 
 
 @CUDA
@@ -404,8 +406,7 @@ def test_cuda_matches_per_group_bn(n, base):
         (expected * target).sum().backward()
         torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        bn.weight.grad, sum(r.weight.grad for r in refs), atol=1e-4,
-        rtol=1e-5)
+        bn.weight.grad, sum(r.weight.grad for r in refs), atol=1e-4, rtol=1e-5)
     mean, var = _aggregate(refs)
     torch.testing.assert_close(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bn.running_var, var, atol=1e-5, rtol=1e-5)
@@ -424,8 +425,8 @@ def test_cuda_float16_autocast():
         out, ref = bn(h), plain(h)
     assert out.dtype == ref.dtype
     expected, _ = _per_group(h.float().cpu(), 4)
-    torch.testing.assert_close(out.float().cpu(), expected, atol=1e-2,
-                               rtol=1e-2)
+    torch.testing.assert_close(
+        out.float().cpu(), expected, atol=1e-2, rtol=1e-2)
     out.float().square().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
     assert bn.running_mean.dtype == torch.float32
@@ -476,8 +477,9 @@ def _per_clip_group_bn2d(x, clips, base, weight, bias):
     out = torch.empty_like(x)
     bns = []
     for index in _group_index(clips, base):
-        rows = torch.cat([torch.arange(i * frames, (i + 1) * frames)
-                          for i in index.tolist()])
+        rows = torch.cat([
+            torch.arange(i * frames, (i + 1) * frames) for i in index.tolist()
+        ])
         bn = nn.BatchNorm2d(x.shape[1])
         with torch.no_grad():
             bn.weight.copy_(weight)
@@ -487,8 +489,8 @@ def _per_clip_group_bn2d(x, clips, base, weight, bias):
     return out, bns
 
 
-@pytest.mark.parametrize('clips,frames,base',
-                         [(8, 4, 2), (6, 3, 4), (4, 1, 1)])
+@pytest.mark.parametrize('clips,frames,base', [(8, 4, 2), (6, 3, 4),
+                                               (4, 1, 1)])
 def test_bn2d_groups_whole_clips(clips, frames, base):
     from mmaction_multigrid.bn import ClipCount, SubBatchNorm2d
     x = _frames(clips, frames)
@@ -517,11 +519,13 @@ def test_c2d_backbone_bn_is_grouped_by_clips():
     from mmaction.registry import MODELS
 
     from mmaction_multigrid.bn import SubBatchNorm2d
-    backbone = MODELS.build(dict(type='C2D', depth=18, pretrained=None,
-                                 norm_eval=False))
+    backbone = MODELS.build(
+        dict(type='C2D', depth=18, pretrained=None, norm_eval=False))
     convert_sub_batch_bn(backbone, 2)
-    bns = {n: m for n, m in backbone.named_modules()
-           if isinstance(m, nn.BatchNorm2d)}
+    bns = {
+        n: m
+        for n, m in backbone.named_modules() if isinstance(m, nn.BatchNorm2d)
+    }
     assert bns and all(isinstance(m, SubBatchNorm2d) for m in bns.values())
     seen = {}
     for name in ('conv1.bn', 'layer1.0.conv1.bn', 'layer4.1.conv2.bn'):
@@ -534,8 +538,11 @@ def test_c2d_backbone_bn_is_grouped_by_clips():
     clips = 4
     backbone(torch.randn(clips, 3, 4, 32, 32))
     frames = {name: len(x) // clips for name, (x, _) in seen.items()}
-    assert frames == {'conv1.bn': 4, 'layer1.0.conv1.bn': 4,
-                      'layer4.1.conv2.bn': 2}
+    assert frames == {
+        'conv1.bn': 4,
+        'layer1.0.conv1.bn': 4,
+        'layer4.1.conv2.bn': 2
+    }
     for name, (x, out) in seen.items():
         want, _ = _per_clip_group_bn2d(x, clips, 2, bns[name].weight,
                                        bns[name].bias)
@@ -582,8 +589,11 @@ CSN_FROZEN = ('csn/ircsn_ig65m-pretrained-r50-bnfrozen_8xb12-32x2x1-58e_'
 def _bn_layers(model):
     from mmengine.model import is_model_wrapper
     model = model.module if is_model_wrapper(model) else model
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }
 
 
 def test_r2plus1d_keeps_sub_batch_bn_after_wrap_model(videos, tmp_path):
@@ -593,8 +603,13 @@ def test_r2plus1d_keeps_sub_batch_bn_after_wrap_model(videos, tmp_path):
     from mmengine.runner import Runner
 
     from mmaction_multigrid.bn import SubBatchNormXd, is_sub_batch_bn
-    cfg = toy_config(R2PLUS1D, videos, clip_len=8, interval=1,
-                     work_dir=str(tmp_path), multi_grid={})
+    cfg = toy_config(
+        R2PLUS1D,
+        videos,
+        clip_len=8,
+        interval=1,
+        work_dir=str(tmp_path),
+        multi_grid={})
     assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
     runner = Runner.from_cfg(cfg)
     bns = _bn_layers(runner.model)
@@ -631,20 +646,23 @@ def test_sync_bn_keeps_sub_batch_bn(videos, tmp_path, monkeypatch):
         port = s.getsockname()[1]
     from mmengine.registry import MODEL_WRAPPERS
     MODEL_WRAPPERS.register_module(module=_CpuWrapper, force=True)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=0, world_size=1)
+    dist.init_process_group(
+        'gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
     try:
-        cfg = toy_config(I3D, videos, work_dir=str(tmp_path),
-                         multi_grid=dict(bn_base_size=2),
-                         options=TINY_I3D)
+        cfg = toy_config(
+            I3D,
+            videos,
+            work_dir=str(tmp_path),
+            multi_grid=dict(bn_base_size=2),
+            options=TINY_I3D)
         cfg.launcher = 'pytorch'
         cfg.sync_bn = 'torch'
         # torch's DDP refuses SyncBatchNorm in a CPU module: a CPU stand-in.
         cfg.model_wrapper_cfg = dict(type='_CpuWrapper')
         runner = Runner.from_cfg(cfg)
         bns = _bn_layers(runner.model)
-        assert bns and all(type(m) is SubBatchSyncBatchNorm
-                           for m in bns.values())
+        assert bns and all(
+            type(m) is SubBatchSyncBatchNorm for m in bns.values())
         assert {m.base_size for m in bns.values()} == {2}
     finally:
         dist.destroy_process_group()
@@ -655,8 +673,7 @@ def test_plain_bn_layers_are_logged(videos, tmp_path):
     plain, with the reason, by name."""
     from conftest import toy_config
     from mmengine.runner import Runner
-    cfg = toy_config(CSN_FROZEN, videos, work_dir=str(tmp_path),
-                     multi_grid={})
+    cfg = toy_config(CSN_FROZEN, videos, work_dir=str(tmp_path), multi_grid={})
     runner = Runner.from_cfg(cfg)
     bns = _bn_layers(runner.model)
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()

@@ -23,9 +23,14 @@ I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 def trained(videos32, tmp_path_factory):
     """One multigrid run with sub-batch BN and precise BN on."""
     work = tmp_path_factory.mktemp('bn_train')
-    cfg = toy_config(I3D, videos32, work_dir=str(work), batch_size=2,
-                     max_epochs=3, milestones=(2, ),
-                     multi_grid=dict(precise_bn=dict(num_iters=3)))
+    cfg = toy_config(
+        I3D,
+        videos32,
+        work_dir=str(work),
+        batch_size=2,
+        max_epochs=3,
+        milestones=(2, ),
+        multi_grid=dict(precise_bn=dict(num_iters=3)))
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner, work
@@ -33,8 +38,10 @@ def trained(videos32, tmp_path_factory):
 
 def test_model_uses_sub_batch_bn_of_stock_batch(trained):
     runner, _ = trained
-    bns = [m for m in runner.model.modules()
-           if isinstance(m, torch.nn.BatchNorm3d)]
+    bns = [
+        m for m in runner.model.modules()
+        if isinstance(m, torch.nn.BatchNorm3d)
+    ]
     assert bns and all(isinstance(m, SubBatchNorm3d) for m in bns)
     assert {m.base_size for m in bns} == {2}
 
@@ -43,8 +50,10 @@ def test_checkpoint_loads_strict_into_stock_model(trained, videos32):
     runner, work = trained
     stock = toy_config(I3D, videos32)
     model = MODELS.build(stock.model)
-    ckpt = torch.load(osp.join(work, f'epoch_{runner.max_epochs}.pth'),
-                      map_location='cpu', weights_only=False)
+    ckpt = torch.load(
+        osp.join(work, f'epoch_{runner.max_epochs}.pth'),
+        map_location='cpu',
+        weights_only=False)
     model.load_state_dict(ckpt['state_dict'], strict=True)
     assert not any(isinstance(m, SubBatchNorm3d) for m in model.modules())
     keys = set(model.state_dict())
@@ -62,16 +71,22 @@ def test_stock_tools_test_reproduces_last_validation(trained, videos32,
     stock.custom_hooks = []
     path = tmp_path / 'stock.py'
     stock.dump(str(path))
-    env = dict(os.environ, PYTHONPATH=TESTS,
-               TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
-    proc = subprocess.run(
-        [sys.executable, osp.join(TOOLS, 'test.py'), str(path),
-         osp.join(work, f'epoch_{runner.max_epochs}.pth'), '--work-dir',
-         str(tmp_path / 'test')], env=env, capture_output=True, text=True,
-        timeout=600)
+    env = dict(
+        os.environ, PYTHONPATH=TESTS, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    proc = subprocess.run([
+        sys.executable,
+        osp.join(TOOLS, 'test.py'),
+        str(path),
+        osp.join(work, f'epoch_{runner.max_epochs}.pth'), '--work-dir',
+        str(tmp_path / 'test')
+    ],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'mmaction_multigrid' not in (proc.stdout + proc.stderr).split(
-        'Config:')[0]
+    assert 'mmaction_multigrid' not in (proc.stdout +
+                                        proc.stderr).split('Config:')[0]
     top1 = float(re.findall(r'acc/top1: ([0-9.]+)', proc.stdout)[-1])
     assert top1 == pytest.approx(last_val, abs=1e-4)
 

@@ -12,9 +12,9 @@ import torch
 from conftest import TESTS, TOOLS, toy_config
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner
+from probes import TINY_I3D
 
 import mmaction_multigrid  # noqa: F401  (extends the allowlist)
-from probes import TINY_I3D
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 
@@ -22,23 +22,29 @@ I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 def tool(*args):
     """``python tools/<args>`` in a fresh process, the environment variable
     that switches the weights-only check off removed."""
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=TESTS +
-               os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS='1',
+        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
     env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
-    cmd = [sys.executable, osp.join(TOOLS, args[0])] + [str(a)
-                                                        for a in args[1:]]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    cmd = [sys.executable, osp.join(TOOLS, args[0])
+           ] + [str(a) for a in args[1:]]
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope='module')
 def trained(videos, tmp_path_factory):
     """A 3-epoch multigrid run (stock E=2), checkpoints every epoch."""
     root = tmp_path_factory.mktemp('compat')
-    cfg = toy_config(I3D, videos, work_dir=str(root / 'work'), max_epochs=2,
-                     milestones=(1, ), multi_grid=dict(),
-                     options=dict(TINY_I3D,
-                                  **{'train_cfg.val_interval': 100}))
+    cfg = toy_config(
+        I3D,
+        videos,
+        work_dir=str(root / 'work'),
+        max_epochs=2,
+        milestones=(1, ),
+        multi_grid=dict(),
+        options=dict(TINY_I3D, **{'train_cfg.val_interval': 100}))
     # The stock ThreeCrop test pipeline needs larger frames than the toy's.
     cfg.test_dataloader = cfg.val_dataloader
     cfg.test_evaluator = cfg.val_evaluator
@@ -85,12 +91,16 @@ class Evil:
         return self.call
 
 
-@pytest.mark.parametrize('payload', [
-    {'f': os.system},                                     # another global
-    Evil((os.system, ('true', ))),                        # a call of it
-    Evil((getattr, (HistoryBuffer, '__init__'))),         # getattr, not a
-    Evil((getattr, (torch.Tensor, 'numpy'))),             # statistic
-])
+@pytest.mark.parametrize(
+    'payload',
+    [
+        {
+            'f': os.system
+        },  # another global
+        Evil((os.system, ('true', ))),  # a call of it
+        Evil((getattr, (HistoryBuffer, '__init__'))),  # getattr, not a
+        Evil((getattr, (torch.Tensor, 'numpy'))),  # statistic
+    ])
 def test_other_globals_still_refused(payload, tmp_path, monkeypatch):
     monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
     path = tmp_path / 'evil.pth'

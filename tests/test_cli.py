@@ -11,10 +11,11 @@ from matplotlib.image import imread
 from mmaction_multigrid.cli import main
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-STOCK = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
-                 'recognition')
-I3D = osp.join(STOCK, 'i3d',
-               'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py')
+STOCK = osp.join(
+    osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')
+I3D = osp.join(
+    STOCK, 'i3d',
+    'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py')
 SLOWFAST = osp.join(
     ROOT, 'configs',
     'slowfast_r50_8xb8-8x8x1-steplr-256e_kinetics400-rgb_multigrid.py')
@@ -23,9 +24,11 @@ ADD = ['--cfg-options', 'multi_grid.long_cycle=True']
 
 def _cli(*args, cwd=ROOT, timeout=120):
     """Run the CLI as a real subprocess."""
-    return subprocess.run(
-        [sys.executable, '-m', 'mmaction_multigrid', *args], cwd=cwd,
-        capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, '-m', 'mmaction_multigrid', *args],
+                          cwd=cwd,
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
 
 
 def _stage_ends(text):
@@ -38,9 +41,10 @@ def test_plan_i3d_subprocess(tmp_path):
     out = result.stdout
     assert _stage_ends(out) == [32, 47, 61, 68, 100, 115, 129, 136, 150]
     assert 'epochs: 100 stock, 150 multigrid' in out
-    ratio, less = map(float, re.search(
-        r'compute: ([\d.]+) of the stock run \(([\d.]+)x less\)',
-        out).groups())
+    ratio, less = map(
+        float,
+        re.search(r'compute: ([\d.]+) of the stock run \(([\d.]+)x less\)',
+                  out).groups())
     assert ratio == pytest.approx(0.296, abs=0.001)
     assert less == pytest.approx(3.4, abs=0.05)
     assert 'no custom_imports' in out  # the stock config lacks them
@@ -58,8 +62,10 @@ def test_plan_without_matplotlib_says_how_to_get_the_plot(tmp_path):
             'from mmaction_multigrid.cli import main; '
             f'sys.exit(main(["plan", {I3D!r}, "--out", {str(tmp_path)!r}] + '
             f'{list(ADD)!r}))')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, '-c', code],
+                            capture_output=True,
+                            text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'compute: 0.296 of the stock run' in result.stdout
     assert 'mmaction-multigrid[plot]' in result.stdout
@@ -85,8 +91,10 @@ def test_plan_cosine_shows_the_rule(tmp_path, capsys):
     import reference as ref
     path = osp.join(STOCK, 'slowfast',
                     'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py')
-    assert main(['plan', path, '--out', str(tmp_path), '--cfg-options',
-                 'multi_grid={}']) == 0
+    assert main([
+        'plan', path, '--out',
+        str(tmp_path), '--cfg-options', 'multi_grid={}'
+    ]) == 0
     out = capsys.readouterr().out
     want = ref.long_cycle(32, (224, 224), 256, ref.cosine_phases(256, 2, 0.2),
                           ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1),
@@ -97,26 +105,36 @@ def test_plan_cosine_shows_the_rule(tmp_path, capsys):
     assert 'lr steps' not in out
     png, = tmp_path.glob('*_multigrid_plan.png')
     assert imread(str(png)).std() > 0.05
-    assert main(['plan', path, '--out', str(tmp_path), '--cfg-options',
-                 'multi_grid.long_cycle=False']) == 0
+    assert main([
+        'plan', path, '--out',
+        str(tmp_path), '--cfg-options', 'multi_grid.long_cycle=False'
+    ]) == 0
     out = capsys.readouterr().out
     assert 'stretched by epoch_factor 1.5' in out
     assert 'epochs: 256 stock, 384 multigrid' in out
 
 
 def test_plan_empty_dict_option(tmp_path, capsys):
-    assert main(['plan', I3D, '--out', str(tmp_path), '--cfg-options',
-                 'multi_grid={}', 'multi_grid.epoch_factor=2']) == 0
+    assert main([
+        'plan', I3D, '--out',
+        str(tmp_path), '--cfg-options', 'multi_grid={}',
+        'multi_grid.epoch_factor=2'
+    ]) == 0
     assert 'epochs: 100 stock, 200 multigrid' in capsys.readouterr().out
 
 
 ERRORS = [
-    pytest.param(I3D, [], 'the config has no `multi_grid`; add `multi_grid '
-                 '= dict()`', id='no-multi-grid'),
     pytest.param(
-        osp.join(STOCK, 'tsn', 'tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_'
-                 'kinetics400-rgb.py'), ADD,
-        'multigrid needs a 3D recogniser', id='tsn'),
+        I3D, [], 'the config has no `multi_grid`; add `multi_grid '
+        '= dict()`',
+        id='no-multi-grid'),
+    pytest.param(
+        osp.join(
+            STOCK, 'tsn', 'tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_'
+            'kinetics400-rgb.py'),
+        ADD,
+        'multigrid needs a 3D recogniser',
+        id='tsn'),
     pytest.param(
         osp.join(STOCK, 'slowfast',
                  'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'),
@@ -124,14 +142,18 @@ ERRORS = [
         'param_scheduler OneCycleLR has no multigrid rule',
         id='no-rule-scheduler'),
     pytest.param(
-        I3D, ADD + ['train_dataloader.dataset.pipeline.1.type='
-                    'UniformSampleFrames'], 'pipeline has no SampleFrames',
+        I3D,
+        ADD +
+        ['train_dataloader.dataset.pipeline.1.type='
+         'UniformSampleFrames'],
+        'pipeline has no SampleFrames',
         id='no-sample-frames'),
-    pytest.param(I3D, ['--cfg-options', 'multi_grid.epoch_factor=0'],
-                 'multi_grid.epoch_factor: must be a positive number',
-                 id='bad-option'),
-    pytest.param('missing_config.py', [], 'missing_config.py',
-                 id='missing-file'),
+    pytest.param(
+        I3D, ['--cfg-options', 'multi_grid.epoch_factor=0'],
+        'multi_grid.epoch_factor: must be a positive number',
+        id='bad-option'),
+    pytest.param(
+        'missing_config.py', [], 'missing_config.py', id='missing-file'),
 ]
 
 
@@ -154,8 +176,14 @@ def test_plan_error_subprocess(tmp_path):
 
 def test_demo_short(tmp_path):
     work_dir = tmp_path / 'demo'
-    result = _cli('demo', '--work-dir', str(work_dir), '--epochs', '4',
-                  cwd=str(tmp_path), timeout=300)
+    result = _cli(
+        'demo',
+        '--work-dir',
+        str(work_dir),
+        '--epochs',
+        '4',
+        cwd=str(tmp_path),
+        timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(
         r'^demo: final validation top-1 accuracy ([\d.]+) \(chance 0\.25\) '
@@ -164,7 +192,6 @@ def test_demo_short(tmp_path):
     # The printed accuracy is the last validation's, as MMEngine logged it.
     logs = sorted(work_dir.glob('*/*.log'))
     logged = re.findall(r'acc/top1: ([\d.]+)', logs[-1].read_text())
-    assert float(match.group(1)) == pytest.approx(float(logged[-1]),
-                                                  abs=1e-3)
+    assert float(match.group(1)) == pytest.approx(float(logged[-1]), abs=1e-3)
     assert (work_dir / 'epoch_6.pth').is_file()
     assert (work_dir / 'data' / 'train_list.txt').is_file()

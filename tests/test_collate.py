@@ -10,8 +10,12 @@ from mmaction_multigrid.synthetic import dataset_cfg
 # Deterministic (test-mode sampling, centre crop): two loaders must agree.
 PIPELINE = [
     dict(type='DecordInit'),
-    dict(type='SampleFrames', clip_len=8, frame_interval=2, num_clips=1,
-         test_mode=True),
+    dict(
+        type='SampleFrames',
+        clip_len=8,
+        frame_interval=2,
+        num_clips=1,
+        test_mode=True),
     dict(type='DecordDecode'),
     dict(type='Resize', scale=(-1, 40)),
     dict(type='CenterCrop', crop_size=32),
@@ -40,8 +44,8 @@ def _assert_same_batch(got, want):
         assert torch.equal(a, b)
     for a, b in zip(_labels(got), _labels(want)):
         assert torch.equal(a, b)
-    assert [s.metainfo for s in got['data_samples']] == [
-        s.metainfo for s in want['data_samples']]
+    assert [s.metainfo for s in got['data_samples']
+            ] == [s.metainfo for s in want['data_samples']]
 
 
 def test_same_batch_one_storage_per_field(videos):
@@ -57,8 +61,10 @@ def test_same_batch_one_storage_per_field(videos):
 
 def test_different_shapes_are_left_apart(videos):
     dataset = _dataset(videos)
-    samples = [dataset[ShapedIndex(0, 4, 4, 16, 16)],
-               dataset[ShapedIndex(1, 8, 2, 32, 32)]]
+    samples = [
+        dataset[ShapedIndex(0, 4, 4, 16, 16)],
+        dataset[ShapedIndex(1, 8, 2, 32, 32)]
+    ]
     got = multigrid_collate(samples)
     assert [tuple(x.shape) for x in got['inputs']] == [(1, 3, 4, 16, 16),
                                                        (1, 3, 8, 32, 32)]
@@ -71,8 +77,8 @@ def test_through_worker_processes(videos):
                for k in (0, 4, 8)]
     results = []
     for collate in (pseudo_collate, multigrid_collate):
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=2,
-                            collate_fn=collate)
+        loader = DataLoader(
+            dataset, batch_sampler=batches, num_workers=2, collate_fn=collate)
         results.append(list(loader))
     for got, want in zip(results[1], results[0]):
         _assert_same_batch(got, want)

@@ -16,15 +16,16 @@ from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
-STOCK = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
-                 'recognition')
+STOCK = osp.join(
+    osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')
 K400 = {
     'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb_multigrid':
     'i3d',
     'slowfast_r50_8xb8-8x8x1-steplr-256e_kinetics400-rgb_multigrid':
     'slowfast',
     'slowonly_imagenet-pretrained-r50_8xb16-8x8x1-steplr-150e_kinetics400-'
-    'rgb_multigrid': 'slowonly',
+    'rgb_multigrid':
+    'slowonly',
 }
 
 
@@ -33,8 +34,8 @@ def _name(path: str) -> str:
 
 
 def test_configs_present():
-    assert sorted(map(_name, CONFIGS)) == sorted(list(K400) +
-                                                 ['demo_multigrid'])
+    assert sorted(map(_name,
+                      CONFIGS)) == sorted(list(K400) + ['demo_multigrid'])
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=_name)
@@ -44,7 +45,8 @@ def test_config_converts_and_model_takes_shapes(path):
     assert converted.train_dataloader.dataset.type == 'MultiGridDataset'
     schedule = config_schedule(cfg)
     assert converted.train_cfg.max_epochs == schedule.max_epochs
-    shapes = {(s.clip_len, s.size) for e in range(schedule.max_epochs)
+    shapes = {(s.clip_len, s.size)
+              for e in range(schedule.max_epochs)
               for s in schedule.batch_shapes(e)}
     smallest = min(shapes, key=lambda s: s[0] * s[1][0] * s[1][1])
     default = (schedule.clip_len, schedule.size)

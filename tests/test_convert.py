@@ -9,14 +9,14 @@ import torch
 from mmengine import Config
 from mmengine.registry import PARAM_SCHEDULERS as ENGINE_SCHEDULERS
 from mmengine.registry import RUNNERS
+from test_schedule import ref_schedule
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
 from mmaction_multigrid import convert_config
 from mmaction_multigrid.schedule import MultiGridSchedule
-from test_schedule import ref_schedule
 
-CONFIGS = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
-                   'recognition')
+CONFIGS = osp.join(
+    osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')
 R2 = 0.5**0.5
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
@@ -55,8 +55,10 @@ def _stock_drops(cfg):
     by running it (the warm-up left out) on a real optimizer."""
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
-    steps = [dict(s) for s in cfg.param_scheduler
-             if s['type'] in ('MultiStepLR', 'StepLR')]
+    steps = [
+        dict(s) for s in cfg.param_scheduler
+        if s['type'] in ('MultiStepLR', 'StepLR')
+    ]
     assert len(steps) == 1
     sched = ENGINE_SCHEDULERS.build(dict(steps[0], optimizer=opt))
     lrs = []
@@ -141,16 +143,21 @@ def test_k710_concat():
 
 
 def test_options_kept_and_custom_hooks_kept():
-    cfg = _load(I3D, long_cycle=True, short_cycle=False, epoch_factor=2.0,
-                default_s=(224, 224))
+    cfg = _load(
+        I3D,
+        long_cycle=True,
+        short_cycle=False,
+        epoch_factor=2.0,
+        default_s=(224, 224))
     cfg.custom_hooks = [dict(type='EMAHook')]
     out = convert_config(cfg)
     assert _types(out.custom_hooks)[0] == 'EMAHook'
     assert 'MultiGridHook' in _types(out.custom_hooks)
     args = out.train_dataloader.batch_sampler.schedule
     assert args['short_cycle'] is False and args['epoch_factor'] == 2.0
-    expected = ref_schedule(32, 224, 100, [40, 80], short_cycle=False,
-                            epoch_factor=2.0)['max_epochs']
+    expected = ref_schedule(
+        32, 224, 100, [40, 80], short_cycle=False,
+        epoch_factor=2.0)['max_epochs']
     assert out.train_cfg.max_epochs == expected
 
 
@@ -203,8 +210,8 @@ def test_tsn_rejected():
 
 def test_iter_based_rejected():
     cfg = _load(I3D)
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=1000,
-                         val_interval=100)
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop', max_iters=1000, val_interval=100)
     with pytest.raises(ValueError, match='train_cfg'):
         convert_config(cfg)
 
@@ -220,8 +227,8 @@ def _tutorial_cfg(**dataset_keys):
 
 
 def test_tutorial_steps_absorbed():
-    cfg = _tutorial_cfg(short_cycle_factors=[0.5, 0.7071],
-                        default_s=(224, 224))
+    cfg = _tutorial_cfg(
+        short_cycle_factors=[0.5, 0.7071], default_s=(224, 224))
     before = copy.deepcopy(cfg.to_dict())
     out = convert_config(cfg)
     assert cfg.to_dict() == before
@@ -260,19 +267,21 @@ def test_collate_fn_default_replaced_custom_kept():
 # Fail fast: any option set converts to a schedule with non-empty batches,
 # or stops at conversion with a ValueError naming the multi_grid key.
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize('multi_grid,key', [
-    # The issue's two examples: a short-cycle batch of 0 clips (crop
-    # round(0.4 * 224) = 90, k = round((90 / (0.707 * 224))**2) =
-    # round(0.32) = 0), and a bool where an int is expected.
-    (dict(long_cycle_factors=((0.25, 0.4), (1, 1))), 'long_cycle_factors'),
-    (dict(precise_bn=dict(num_iters=True)), 'precise_bn'),
-    (dict(bn_base_size=True), 'bn_base_size'),
-    (dict(default_s=True), 'default_s'),
-    (dict(epoch_factor=float('nan')), 'epoch_factor'),
-    (dict(epoch_factor=0.001), 'epoch_factor'),
-    (dict(long_cycle_factors=((0.5, float('nan')), (1, 1))),
-     'long_cycle_factors'),
-])
+@pytest.mark.parametrize(
+    'multi_grid,key',
+    [
+        # The issue's two examples: a short-cycle batch of 0 clips (crop
+        # round(0.4 * 224) = 90, k = round((90 / (0.707 * 224))**2) =
+        # round(0.32) = 0), and a bool where an int is expected.
+        (dict(long_cycle_factors=((0.25, 0.4), (1, 1))), 'long_cycle_factors'),
+        (dict(precise_bn=dict(num_iters=True)), 'precise_bn'),
+        (dict(bn_base_size=True), 'bn_base_size'),
+        (dict(default_s=True), 'default_s'),
+        (dict(epoch_factor=float('nan')), 'epoch_factor'),
+        (dict(epoch_factor=0.001), 'epoch_factor'),
+        (dict(long_cycle_factors=((0.5, float('nan')),
+                                  (1, 1))), 'long_cycle_factors'),
+    ])
 def test_bad_options_fail_at_conversion(multi_grid, key):
     with pytest.raises(ValueError, match=f'multi_grid.{key}'):
         convert_config(_load(I3D, **multi_grid))
@@ -280,19 +289,25 @@ def test_bad_options_fail_at_conversion(multi_grid, key):
 
 def _random_value(rng, kind):
     """A value for an option: mostly plausible, sometimes wrong."""
-    bad = [0, -0.5, 1.5, True, False, None, 'x', float('nan'),
-           float('inf'), (0.5, ), [], 2]
+    bad = [
+        0, -0.5, 1.5, True, False, None, 'x',
+        float('nan'),
+        float('inf'), (0.5, ), [], 2
+    ]
     if rng.random() < 0.03:
         return rng.choice(bad)
     if kind == 'factor':
-        return rng.choice([rng.uniform(0, 1), rng.uniform(0.5, 1),
-                           rng.uniform(0.5, 1), 10**rng.uniform(-3, 0), 1, 1,
-                           0.5**0.5, 0.5**0.5, 0.5, 0.25])
+        return rng.choice([
+            rng.uniform(0, 1),
+            rng.uniform(0.5, 1),
+            rng.uniform(0.5, 1), 10**rng.uniform(-3, 0), 1, 1, 0.5**0.5,
+            0.5**0.5, 0.5, 0.25
+        ])
     if kind == 'count':
         return rng.choice([rng.randint(-2, 40), 1, 8])
     if kind == 'epoch_factor':
-        return rng.choice([rng.uniform(0, 4), 10**rng.uniform(-3, 0), 1.5,
-                           1.0])
+        return rng.choice(
+            [rng.uniform(0, 4), 10**rng.uniform(-3, 0), 1.5, 1.0])
     raise AssertionError(kind)
 
 
@@ -305,9 +320,12 @@ def _random_options(rng):
     if rng.random() < 0.5:
         options['short_cycle'] = rng.choice([True] * 16 + [False] * 3 + [0])
     if rng.random() < 0.8:
-        pairs = [tuple(_random_value(rng, 'factor')
-                       for _ in range(rng.choice([2] * 80 + [1, 3])))
-                 for _ in range(rng.randint(1, 5))]
+        pairs = [
+            tuple(
+                _random_value(rng, 'factor')
+                for _ in range(rng.choice([2] * 80 + [1, 3])))
+            for _ in range(rng.randint(1, 5))
+        ]
         options['long_cycle_factors'] = pairs if rng.random() < 0.98 else 0.5
     if rng.random() < 0.6:
         options['short_cycle_factors'] = tuple(
@@ -316,17 +334,22 @@ def _random_options(rng):
     if rng.random() < 0.4:
         options['epoch_factor'] = _random_value(rng, 'epoch_factor')
     if rng.random() < 0.2:
-        options['default_s'] = rng.choice([None, 224, (224, 224), 0,
-                                           True, (224, ), '224'])
+        options['default_s'] = rng.choice(
+            [None, 224, (224, 224), 0, True, (224, ), '224'])
     if rng.random() < 0.3:
         options['bn_base_size'] = rng.choice(
             [None, 'auto', _random_value(rng, 'count'), 2.5])
     if rng.random() < 0.3:
         options['precise_bn'] = rng.choice([
-            None, None, dict(), dict(num_iters=_random_value(rng, 'count')),
+            None, None,
+            dict(),
             dict(num_iters=_random_value(rng, 'count')),
-            dict(num_iters=rng.randint(1, 300)), dict(num_iters=True),
-            dict(num_iters=2.0), dict(iters=5), 10])
+            dict(num_iters=_random_value(rng, 'count')),
+            dict(num_iters=rng.randint(1, 300)),
+            dict(num_iters=True),
+            dict(num_iters=2.0),
+            dict(iters=5), 10
+        ])
     return options
 
 
@@ -360,8 +383,8 @@ def test_generated_options_convert_or_name_the_key(T, S, seed):
             continue
         outcomes['converted'] += 1
         opts = out.multi_grid
-        assert opts['bn_base_size'] is None or (
-            type(opts['bn_base_size']) is int and opts['bn_base_size'] >= 1)
+        assert opts['bn_base_size'] is None or (type(
+            opts['bn_base_size']) is int and opts['bn_base_size'] >= 1)
         if opts['precise_bn'] is not None:
             iters = opts['precise_bn'].get('num_iters', 200)
             assert type(iters) is int and iters >= 1, options
@@ -379,9 +402,8 @@ def test_generated_options_convert_or_name_the_key(T, S, seed):
 
 
 def test_precise_bn_adds_its_hook():
-    out = convert_config(_load(I3D, precise_bn=dict(num_iters=5,
-                                                    interval=2)))
-    assert out.custom_hooks[-1] == dict(type='PreciseBNHook', num_iters=5,
-                                        interval=2)
+    out = convert_config(_load(I3D, precise_bn=dict(num_iters=5, interval=2)))
+    assert out.custom_hooks[-1] == dict(
+        type='PreciseBNHook', num_iters=5, interval=2)
     with pytest.raises(ValueError, match='multi_grid.precise_bn'):
         convert_config(_load(I3D, precise_bn=dict(num_iters=5, interval=0)))

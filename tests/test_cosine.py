@@ -7,13 +7,13 @@ transcription in ``tests/reference.py``.
 import os.path as osp
 
 import pytest
+import reference as ref
 import torch
 from conftest import STOCK
 from mmengine import Config
 from mmengine.registry import PARAM_SCHEDULERS as ENGINE_SCHEDULERS
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
-import reference as ref
 from mmaction_multigrid import convert_config
 from mmaction_multigrid.lr_rules import scheduler_terms, stock_factor
 from mmaction_multigrid.schedule import MultiGridSchedule
@@ -21,6 +21,7 @@ from mmaction_multigrid.schedule import MultiGridSchedule
 R2 = 0.5**0.5
 LONG = ((0.25, R2), (0.5, R2), (0.5, 1), (1, 1))
 SHORT = (0.5, R2)
+I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 SLOWFAST = 'slowfast/slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'
 SWIN = ('swin/swin-tiny-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_'
         'kinetics400-rgb.py')
@@ -33,27 +34,73 @@ UNIFORMERV2 = ('uniformerv2/uniformerv2-base-p16-res224_clip_8xb32-u8_'
 # The stock schedules' forms, shrunk to 20 epochs.
 FORMS = {
     'slowfast': [  # overlapping warm-up, per-epoch cosine to 0
-        dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0,
-             end=3, convert_to_iter_based=True),
-        dict(type='CosineAnnealingLR', T_max=20, eta_min=0, by_epoch=True,
-             begin=0, end=20)],
+        dict(
+            type='LinearLR',
+            start_factor=0.1,
+            by_epoch=True,
+            begin=0,
+            end=3,
+            convert_to_iter_based=True),
+        dict(
+            type='CosineAnnealingLR',
+            T_max=20,
+            eta_min=0,
+            by_epoch=True,
+            begin=0,
+            end=20)
+    ],
     'swin': [  # fractional warm-up end
-        dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0,
-             end=2.5, convert_to_iter_based=True),
-        dict(type='CosineAnnealingLR', T_max=20, eta_min=0, by_epoch=True,
-             begin=0, end=20)],
+        dict(
+            type='LinearLR',
+            start_factor=0.1,
+            by_epoch=True,
+            begin=0,
+            end=2.5,
+            convert_to_iter_based=True),
+        dict(
+            type='CosineAnnealingLR',
+            T_max=20,
+            eta_min=0,
+            by_epoch=True,
+            begin=0,
+            end=20)
+    ],
     'mvit': [  # warm-up, then a per-iteration cosine to eta_min > 0
-        dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0,
-             end=3, convert_to_iter_based=True),
-        dict(type='CosineAnnealingLR', T_max=20, eta_min=1.6e-5,
-             by_epoch=True, begin=3, end=20, convert_to_iter_based=True)],
+        dict(
+            type='LinearLR',
+            start_factor=0.01,
+            by_epoch=True,
+            begin=0,
+            end=3,
+            convert_to_iter_based=True),
+        dict(
+            type='CosineAnnealingLR',
+            T_max=20,
+            eta_min=1.6e-5,
+            by_epoch=True,
+            begin=3,
+            end=20,
+            convert_to_iter_based=True)
+    ],
     'r2plus1d': [  # no begin/end
-        dict(type='CosineAnnealingLR', T_max=20, eta_min=0, by_epoch=True)],
+        dict(type='CosineAnnealingLR', T_max=20, eta_min=0, by_epoch=True)
+    ],
     'uniformerv2': [  # eta_min_ratio, no T_max
-        dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0,
-             end=2, convert_to_iter_based=True),
-        dict(type='CosineAnnealingLR', eta_min_ratio=0.1, by_epoch=True,
-             begin=2, end=20, convert_to_iter_based=True)],
+        dict(
+            type='LinearLR',
+            start_factor=0.1,
+            by_epoch=True,
+            begin=0,
+            end=2,
+            convert_to_iter_based=True),
+        dict(
+            type='CosineAnnealingLR',
+            eta_min_ratio=0.1,
+            by_epoch=True,
+            begin=2,
+            end=20,
+            convert_to_iter_based=True)
+    ],
 }
 
 
@@ -69,8 +116,9 @@ def _mmengine_lrs(schedulers, epochs, epoch_length, base_lr):
         cfg.setdefault('end', epochs)
         if cfg.pop('convert_to_iter_based', False):
             cls = ENGINE_SCHEDULERS.get(cfg.pop('type'))
-            built.append(cls.build_iter_from_epoch(
-                opt, epoch_length=epoch_length, **cfg))
+            built.append(
+                cls.build_iter_from_epoch(
+                    opt, epoch_length=epoch_length, **cfg))
         else:
             built.append(ENGINE_SCHEDULERS.build(dict(cfg, optimizer=opt)))
     lrs = []
@@ -94,20 +142,25 @@ def test_stock_factor_is_mmengine_schedule(form):
     step before ``end``): at most (1 - start) / steps."""
     base_lr, length = 1e-3, 50
     terms = scheduler_terms(FORMS[form], 20, base_lr)
-    got = [base_lr * stock_factor(terms, i / length)
-           for i in range(20 * length)]
+    got = [
+        base_lr * stock_factor(terms, i / length) for i in range(20 * length)
+    ]
     want = _mmengine_lrs(FORMS[form], 20, length, base_lr)
-    warm = {s['end'] * length for s in FORMS[form]
-            if s['type'] == 'LinearLR'}
+    warm = {s['end'] * length for s in FORMS[form] if s['type'] == 'LinearLR'}
     tolerance = 1.0 / (min(warm) - 1) if warm else 1e-9
     for i, (g, w) in enumerate(zip(got, want)):
         assert g == pytest.approx(w, rel=tolerance, abs=1e-12), (i, g, w)
 
 
 def _schedule(form, **kw):
-    return MultiGridSchedule(32, 2, 224, 20, [], batch_size=8,
-                             lr_terms=scheduler_terms(FORMS[form], 20, 1e-3),
-                             **kw)
+    return MultiGridSchedule(
+        32,
+        2,
+        224,
+        20, [],
+        batch_size=8,
+        lr_terms=scheduler_terms(FORMS[form], 20, 1e-3),
+        **kw)
 
 
 @pytest.mark.parametrize('form', sorted(FORMS))
@@ -127,8 +180,11 @@ def test_short_cycle_only_stretches_the_stock_schedule(form):
 @pytest.mark.parametrize('cycles,share', [(1, 0.2), (2, 0.2), (3, 0.1)])
 @pytest.mark.parametrize('scaling', ['linear', 'sqrt', 'none'])
 def test_long_cycle_rule(form, cycles, share, scaling):
-    schedule = _schedule(form, num_long_cycles=cycles,
-                         fine_tune_share=share, lr_scaling=scaling)
+    schedule = _schedule(
+        form,
+        num_long_cycles=cycles,
+        fine_tune_share=share,
+        lr_scaling=scaling)
     phases = ref.cosine_phases(20, cycles, share)
     want = ref.long_cycle(32, (224, 224), 20, phases, LONG, SHORT, True, 1.5)
     assert [(s.lr_stage, (s.shape.batch, s.shape.frames, s.shape.size),
@@ -137,7 +193,8 @@ def test_long_cycle_rule(form, cycles, share, scaling):
     for e in [i / 9 for i in range(want[-1][2] * 9)]:
         assert schedule.lr_factor(e) == pytest.approx(
             ref.cosine_lr_factor(e, want, schedulers, 1e-3, 20, phases,
-                                 scaling), rel=1e-9), e
+                                 scaling),
+            rel=1e-9), e
 
 
 def test_long_cycle_lr_ends_with_the_stock_schedule():
@@ -157,19 +214,20 @@ def _load(path, **multi_grid):
     return cfg
 
 
-@pytest.mark.parametrize('path,T,E', [
-    (SLOWFAST, 32, 256), (SWIN, 32, 30), (MVIT, 32, 100),
-    (R2PLUS1D, 8, 180), (SLOWONLY, 8, 256), (UNIFORMERV2, 8, 55)])
+@pytest.mark.parametrize('path,T,E', [(SLOWFAST, 32, 256), (SWIN, 32, 30),
+                                      (MVIT, 32, 100), (R2PLUS1D, 8, 180),
+                                      (SLOWONLY, 8, 256),
+                                      (UNIFORMERV2, 8, 55)])
 def test_stock_cosine_configs_convert(path, T, E):
     cfg = _load(path)
     out = convert_config(cfg)
     schedule = out.train_dataloader.batch_sampler.schedule
     assert out.param_scheduler == [dict(type='MultiGridLR')]
     assert schedule['milestones'] == []
-    assert [t['type'] for t in schedule['lr_terms']] == [
-        s['type'] for s in cfg.param_scheduler]
-    want = ref.long_cycle(T, (224, 224), E, ref.cosine_phases(E, 2, 0.2),
-                          LONG, SHORT, True, 1.5)
+    assert [t['type'] for t in schedule['lr_terms']
+            ] == [s['type'] for s in cfg.param_scheduler]
+    want = ref.long_cycle(T, (224, 224), E, ref.cosine_phases(E, 2, 0.2), LONG,
+                          SHORT, True, 1.5)
     assert out.train_cfg.max_epochs == want[-1][2] == round(1.5 * E)
     short = convert_config(_load(path, long_cycle=False))
     assert short.train_cfg.max_epochs == int(1.5 * E)
@@ -200,8 +258,8 @@ def test_lr_scaling_on_a_step_schedule():
     """``lr_scaling`` replaces the batch factor of the reference step rule
     and nothing else."""
     linear = MultiGridSchedule(32, 2, 224, 100, [40, 80], batch_size=8)
-    none = MultiGridSchedule(32, 2, 224, 100, [40, 80], batch_size=8,
-                             lr_scaling='none')
+    none = MultiGridSchedule(
+        32, 2, 224, 100, [40, 80], batch_size=8, lr_scaling='none')
     for e in [i / 3 for i in range(150 * 3)]:
         b = linear.base_shape(int(e)).batch
         assert none.lr_factor(e) == pytest.approx(linear.lr_factor(e) / b)
@@ -212,8 +270,7 @@ def test_lr_scaling_on_a_step_schedule():
 def test_step_schedule_args_unchanged():
     """Step configs keep their schedule settings (and so resume from their
     old checkpoints without a settings warning)."""
-    out = convert_config(_load(
-        'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'))
-    assert not {'lr_terms', 'num_long_cycles', 'fine_tune_share',
-                'lr_scaling'} & set(
-        out.train_dataloader.batch_sampler.schedule)
+    out = convert_config(_load(I3D))
+    assert not {
+        'lr_terms', 'num_long_cycles', 'fine_tune_share', 'lr_scaling'
+    } & set(out.train_dataloader.batch_sampler.schedule)

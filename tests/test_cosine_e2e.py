@@ -10,23 +10,31 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TESTS, TOOLS, toy_config
-
 import reference as ref
+from conftest import TESTS, TOOLS, toy_config
 
 LONG = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1))
 SHORT = (0.5, 0.5**0.5)
 E = 4  # stock epochs of the shrunk schedules
 
 
-def expected_run(n_train, T, S, B, schedulers, base_lr, long_cycle=True,
-                 short_cycle=True, cycles=2, share=0.2, scaling='linear'):
+def expected_run(n_train,
+                 T,
+                 S,
+                 B,
+                 schedulers,
+                 base_lr,
+                 long_cycle=True,
+                 short_cycle=True,
+                 cycles=2,
+                 share=0.2,
+                 scaling='linear'):
     """[(epoch, iter, backbone input shape, lr)] per the documented rule."""
     schedulers = [dict(s, end=s.get('end', E)) for s in schedulers]
     phases = ref.cosine_phases(E, cycles, share)
     if long_cycle:
-        sched = ref.long_cycle(T, (S, S), E, phases, LONG, SHORT,
-                               short_cycle, 1.5)
+        sched = ref.long_cycle(T, (S, S), E, phases, LONG, SHORT, short_cycle,
+                               1.5)
     else:
         sched = ref.short_only(T, (S, S), E, [], 1.5)
         stretched = ref.stretched(schedulers, 1.5)
@@ -39,12 +47,11 @@ def expected_run(n_train, T, S, B, schedulers, base_lr, long_cycle=True,
             size, (h, w) = cycle[i % len(cycle)]
             e = epoch + i / n
             if long_cycle:
-                factor = ref.cosine_lr_factor(e, sched, schedulers, base_lr,
-                                              E, phases, scaling)
+                factor = ref.cosine_lr_factor(e, sched, schedulers, base_lr, E,
+                                              phases, scaling)
             else:
                 factor = ref.stock_lr_factor(e, stretched, base_lr)
-            rows.append((epoch, i, [size, 3, base[1], h, w],
-                         base_lr * factor))
+            rows.append((epoch, i, [size, 3, base[1], h, w], base_lr * factor))
     return rows
 
 
@@ -60,8 +67,7 @@ def assert_follows(got, want):
     assert [g[:3] for g in got] == [w[:3] for w in want]
     base = got[-1][3] / want[-1][3] if want[-1][3] else got[0][3] / want[0][3]
     for g, w in zip(got, want):
-        assert g[3] == pytest.approx(w[3] * base, rel=1e-6, abs=1e-15), (g,
-                                                                         w)
+        assert g[3] == pytest.approx(w[3] * base, rel=1e-6, abs=1e-15), (g, w)
     return base
 
 
@@ -70,36 +76,67 @@ def train_with_tools(cfg, tmp_path):
     path = tmp_path / 'config.py'
     cfg.dump(str(path))
     work = tmp_path / 'work'
-    env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run(
-        [sys.executable, osp.join(TOOLS, 'train.py'), str(path),
-         '--work-dir', str(work)], env=env, capture_output=True, text=True,
-        timeout=900)
+    env = dict(
+        os.environ,
+        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([
+        sys.executable,
+        osp.join(TOOLS, 'train.py'),
+        str(path), '--work-dir',
+        str(work)
+    ],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work
 
 
 SLOWFAST = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=E, eta_min=0, by_epoch=True,
-         begin=0, end=E)]
+    dict(
+        type='LinearLR',
+        start_factor=0.1,
+        by_epoch=True,
+        begin=0,
+        end=1,
+        convert_to_iter_based=True),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=E,
+        eta_min=0,
+        by_epoch=True,
+        begin=0,
+        end=E)
+]
 SWIN = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0,
-         end=0.5, convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=E, eta_min=0, by_epoch=True,
-         begin=0, end=E)]
-R2PLUS1D = [dict(type='CosineAnnealingLR', T_max=E, eta_min=0,
-                 by_epoch=True)]
+    dict(
+        type='LinearLR',
+        start_factor=0.1,
+        by_epoch=True,
+        begin=0,
+        end=0.5,
+        convert_to_iter_based=True),
+    dict(
+        type='CosineAnnealingLR',
+        T_max=E,
+        eta_min=0,
+        by_epoch=True,
+        begin=0,
+        end=E)
+]
+R2PLUS1D = [dict(type='CosineAnnealingLR', T_max=E, eta_min=0, by_epoch=True)]
 
 
 def test_slowfast_cosine_long_and_short_cycles(videos, tmp_path):
     """SlowFast R50 8x8 256e's schedule (warm-up under a per-epoch cosine)
     with the paper's defaults."""
     cfg = toy_config(
-        'slowfast/slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py', videos,
-        clip_len=32, max_epochs=E, multi_grid={})
+        'slowfast/slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py',
+        videos,
+        clip_len=32,
+        max_epochs=E,
+        multi_grid={})
     cfg.param_scheduler = SLOWFAST
     work = train_with_tools(cfg, tmp_path)
     want = expected_run(16, 32, 32, 1, SLOWFAST, 0.001)
@@ -112,8 +149,11 @@ def test_r2plus1d_cosine_short_cycle_only(videos32, tmp_path):
     """R(2+1)D's open-ended cosine, stretched by epoch_factor (2 clips per
     batch: its last BN sees 1x1x1 features at this toy size)."""
     cfg = toy_config(
-        'r2plus1d/r2plus1d_r34_8xb8-8x8x1-180e_kinetics400-rgb.py', videos32,
-        clip_len=8, max_epochs=E, batch_size=2,
+        'r2plus1d/r2plus1d_r34_8xb8-8x8x1-180e_kinetics400-rgb.py',
+        videos32,
+        clip_len=8,
+        max_epochs=E,
+        batch_size=2,
         multi_grid=dict(long_cycle=False),
         options={'model.backbone.depth': 18})
     cfg.param_scheduler = R2PLUS1D
@@ -128,17 +168,22 @@ def test_swin_adamw_fractional_warmup_sqrt_scaling(videos, tmp_path):
     only."""
     cfg = toy_config(
         'swin/swin-tiny-p244-w877_in1k-pre_8xb8-amp-32x2x1-30e_'
-        'kinetics400-rgb.py', videos, clip_len=16, max_epochs=E,
+        'kinetics400-rgb.py',
+        videos,
+        clip_len=16,
+        max_epochs=E,
         multi_grid=dict(short_cycle=False, lr_scaling='sqrt'),
-        options={'model.cls_head.in_channels': 192,
-                 # AMP needs a GPU; the LR schedule is the same without.
-                 'optim_wrapper.type': 'OptimWrapper'})
+        options={
+            'model.cls_head.in_channels': 192,
+            # AMP needs a GPU; the LR schedule is the same without.
+            'optim_wrapper.type': 'OptimWrapper'
+        })
     cfg.optim_wrapper.pop('loss_scale', None)
-    cfg.model.backbone.arch = dict(embed_dims=24, depths=[1, 1, 1, 1],
-                                   num_heads=[1, 1, 1, 1])
+    cfg.model.backbone.arch = dict(
+        embed_dims=24, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1])
     cfg.param_scheduler = SWIN
     work = train_with_tools(cfg, tmp_path)
-    want = expected_run(16, 16, 32, 1, SWIN, 0.001, short_cycle=False,
-                        scaling='sqrt')
+    want = expected_run(
+        16, 16, 32, 1, SWIN, 0.001, short_cycle=False, scaling='sqrt')
     base = assert_follows(recorded(work), want)
     assert base == pytest.approx(0.1)  # the backbone's lr_mult

@@ -25,18 +25,28 @@ def _scope():
 def _pipeline(fmt):
     """A stock-like I3D train pipeline at a small default shape."""
     if fmt == 'video':
-        head = [dict(type='DecordInit', io_backend='disk'),
-                dict(type='SampleFrames', clip_len=T, frame_interval=R,
-                     num_clips=1),
-                dict(type='DecordDecode')]
+        head = [
+            dict(type='DecordInit', io_backend='disk'),
+            dict(
+                type='SampleFrames', clip_len=T, frame_interval=R,
+                num_clips=1),
+            dict(type='DecordDecode')
+        ]
     else:
-        head = [dict(type='SampleFrames', clip_len=T, frame_interval=R,
-                     num_clips=1),
-                dict(type='RawFrameDecode', io_backend='disk')]
+        head = [
+            dict(
+                type='SampleFrames', clip_len=T, frame_interval=R,
+                num_clips=1),
+            dict(type='RawFrameDecode', io_backend='disk')
+        ]
     return head + [
         dict(type='Resize', scale=(-1, 64)),
-        dict(type='MultiScaleCrop', input_size=S, scales=(1, 0.8),
-             random_crop=False, max_wh_scale_gap=0),
+        dict(
+            type='MultiScaleCrop',
+            input_size=S,
+            scales=(1, 0.8),
+            random_crop=False,
+            max_wh_scale_gap=0),
         dict(type='Resize', scale=(S, S), keep_ratio=False),
         dict(type='Flip', flip_ratio=0.5),
         dict(type='FormatShape', input_format='NCTHW'),
@@ -48,9 +58,14 @@ def _pipeline(fmt):
 def data(tmp_path_factory):
     out = {}
     for fmt in ('video', 'rawframes'):
-        info = make_dataset(str(tmp_path_factory.mktemp(fmt)), num_classes=2,
-                            videos_per_class=NUM_VIDEOS // 2, num_frames=32,
-                            size=(48, 64), fmt=fmt, val_per_class=0)
+        info = make_dataset(
+            str(tmp_path_factory.mktemp(fmt)),
+            num_classes=2,
+            videos_per_class=NUM_VIDEOS // 2,
+            num_frames=32,
+            size=(48, 64),
+            fmt=fmt,
+            val_per_class=0)
         out[fmt] = dataset_cfg(info, _pipeline(fmt))
     return out
 
@@ -118,20 +133,25 @@ def test_input_config_untouched(data):
 
 def test_repeat_dataset(data):
     ds = MultiGridDataset(
-        dict(type='RepeatDataset', times=2,
-             dataset=copy.deepcopy(data['video'])))
+        dict(
+            type='RepeatDataset',
+            times=2,
+            dataset=copy.deepcopy(data['video'])))
     assert len(ds) == 2 * NUM_VIDEOS
-    assert _shape(ds[ShapedIndex(NUM_VIDEOS + 3, 2, 8, 28, 28)]) == (1, 3, 2,
-                                                                     28, 28)
+    assert _shape(ds[ShapedIndex(NUM_VIDEOS + 3, 2, 8, 28,
+                                 28)]) == (1, 3, 2, 28, 28)
     assert _shape(ds[ShapedIndex(1, 4, 4, 40, 40)]) == (1, 3, 4, 40, 40)
     assert _shape(ds[NUM_VIDEOS + 1]) == (1, 3, T, S, S)
 
 
 def test_concat_dataset(data):
     ds = MultiGridDataset(
-        dict(type='ConcatDataset',
-             datasets=[copy.deepcopy(data['video']),
-                       copy.deepcopy(data['rawframes'])]))
+        dict(
+            type='ConcatDataset',
+            datasets=[
+                copy.deepcopy(data['video']),
+                copy.deepcopy(data['rawframes'])
+            ]))
     assert len(ds) == 2 * NUM_VIDEOS
     for i in (0, NUM_VIDEOS - 1, NUM_VIDEOS, 2 * NUM_VIDEOS - 1):
         assert _shape(ds[ShapedIndex(i, 4, 4, 28, 40)]) == (1, 3, 4, 28, 40)
@@ -157,8 +177,12 @@ def test_lazy_init(data):
 
 # Schedule with the reference worked example's stages (E=100, milestones
 # [40, 80]: ends 32 47 61 68 100 115 129 136 150) at T=8, r=2, S=56, B=1.
-SCHEDULE = dict(clip_len=T, frame_interval=R, size=[S, S], max_epochs=100,
-                milestones=[40, 80])
+SCHEDULE = dict(
+    clip_len=T,
+    frame_interval=R,
+    size=[S, S],
+    max_epochs=100,
+    milestones=[40, 80])
 # epoch -> [(batch size, (t, r', h))] of the short cycle:
 # epoch 0 base (b=8, t=2, s=40): k = round((40/28)^2)=2, round((40/39.6)^2)=1
 # epoch 140 base (1, 8, 56): k = 4, 2.
@@ -170,15 +194,19 @@ EXPECTED = {
 
 def test_dataloader_two_epochs_persistent_workers(data):
     ds = MultiGridDataset(
-        dict(type='RepeatDataset', times=3,
-             dataset=copy.deepcopy(data['video'])))
+        dict(
+            type='RepeatDataset',
+            times=3,
+            dataset=copy.deepcopy(data['video'])))
     sampler = DefaultSampler(ds, shuffle=True, seed=0)
-    batch_sampler = ShortCycleBatchSampler(sampler, batch_size=1,
-                                           drop_last=True, schedule=SCHEDULE)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=batch_sampler,
-                                         num_workers=2,
-                                         persistent_workers=True,
-                                         collate_fn=pseudo_collate)
+    batch_sampler = ShortCycleBatchSampler(
+        sampler, batch_size=1, drop_last=True, schedule=SCHEDULE)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=batch_sampler,
+        num_workers=2,
+        persistent_workers=True,
+        collate_fn=pseudo_collate)
     n = len(ds)
     for epoch in (0, 140, 0):
         batch_sampler.set_epoch(epoch)
@@ -190,5 +218,5 @@ def test_dataloader_two_epochs_persistent_workers(data):
         for k, batch in enumerate(batches):
             size, (t, _, s) = cycle[k % len(cycle)]
             assert len(batch['inputs']) == size
-            assert {tuple(x.shape) for x in batch['inputs']} == {(1, 3, t, s,
-                                                                  s)}
+            assert {tuple(x.shape)
+                    for x in batch['inputs']} == {(1, 3, t, s, s)}

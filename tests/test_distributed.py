@@ -10,14 +10,14 @@ import time
 from collections import defaultdict
 
 import pytest
+import reference as ref
 import torch
 from conftest import TESTS, toy_config
 from mmengine.config import Config
 from mmengine.runner import Runner
+from probes import TINY_I3D, read_samples, with_filenames
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-import reference as ref
-from probes import TINY_I3D, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 WORLD = 2
@@ -25,18 +25,27 @@ WORLD = 2
 # videos (8 per rank) give 1 + 3 + 3 iterations over three epochs, each a
 # full short cycle. bn_base_size=1 normalises every clip on its own, so one
 # process with the doubled batch computes exactly what the two ranks do.
-MULTI_GRID = dict(long_cycle_factors=((0.5, 1), (1, 1)), bn_base_size=1,
-                  precise_bn=dict(num_iters=2))
+MULTI_GRID = dict(
+    long_cycle_factors=((0.5, 1), (1, 1)),
+    bn_base_size=1,
+    precise_bn=dict(num_iters=2))
 
 
 def config(videos, work_dir, batch_size, distributed):
-    cfg = toy_config(I3D, videos, work_dir=str(work_dir), max_epochs=2,
-                     milestones=(1, ), batch_size=batch_size,
-                     multi_grid=dict(MULTI_GRID),
-                     options=dict(TINY_I3D, **{
-                         'model.cls_head.dropout_ratio': 0.0,
-                         'train_cfg.val_interval': 100,
-                         'optim_wrapper.optimizer.lr': 1e-5}))
+    cfg = toy_config(
+        I3D,
+        videos,
+        work_dir=str(work_dir),
+        max_epochs=2,
+        milestones=(1, ),
+        batch_size=batch_size,
+        multi_grid=dict(MULTI_GRID),
+        options=dict(
+            TINY_I3D, **{
+                'model.cls_head.dropout_ratio': 0.0,
+                'train_cfg.val_interval': 100,
+                'optim_wrapper.optimizer.lr': 1e-5
+            }))
     # Augmentations off (centre crop, no flip, fixed frame offsets): the
     # ranks and the single process draw random numbers differently, the
     # comparison is about the multigrid data split, shapes, LR and BN.
@@ -53,9 +62,10 @@ def config(videos, work_dir, batch_size, distributed):
         cfg.launcher = 'pytorch'
         # MMEngine's default wrapper passes device_ids=[LOCAL_RANK], which
         # DDP refuses for a CPU module; device_ids=None is the CPU form.
-        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
-                                     device_ids=None,
-                                     broadcast_buffers=False)
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel',
+            device_ids=None,
+            broadcast_buffers=False)
     return cfg
 
 
@@ -69,20 +79,31 @@ def launch(config_path, world=WORLD, timeout=240):
     """Run ``dist_driver.py`` as ``world`` ranks; fail with the children's
     tracebacks if any rank fails (the others are then stopped)."""
     port = str(free_port())
-    logs = [osp.join(osp.dirname(config_path), f'rank{r}.err')
-            for r in range(world)]
+    logs = [
+        osp.join(osp.dirname(config_path), f'rank{r}.err')
+        for r in range(world)
+    ]
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank),
-                   WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1',
-                   MASTER_PORT=port, OMP_NUM_THREADS='1',
-                   PYTHONPATH=TESTS + os.pathsep +
-                   os.environ.get('PYTHONPATH', ''))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            MASTER_ADDR='127.0.0.1',
+            MASTER_PORT=port,
+            OMP_NUM_THREADS='1',
+            PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
         with open(logs[rank], 'w') as err:
-            procs.append(subprocess.Popen(
-                [sys.executable, osp.join(TESTS, 'dist_driver.py'),
-                 str(config_path)], env=env, stdout=subprocess.DEVNULL,
-                stderr=err))
+            procs.append(
+                subprocess.Popen([
+                    sys.executable,
+                    osp.join(TESTS, 'dist_driver.py'),
+                    str(config_path)
+                ],
+                                 env=env,
+                                 stdout=subprocess.DEVNULL,
+                                 stderr=err))
     deadline = time.monotonic() + timeout
     try:
         while any(p.poll() is None for p in procs):
@@ -119,8 +140,7 @@ def runs(videos, tmp_path_factory):
     cfg = config(videos, root / 'ddp', batch_size=1, distributed=True)
     cfg.dump(str(root / 'ddp.py'))
     launch(root / 'ddp.py')
-    single = config(videos, root / 'single', batch_size=2,
-                    distributed=False)
+    single = config(videos, root / 'single', batch_size=2, distributed=False)
     Runner.from_cfg(single).train()
     return root / 'ddp', root / 'single'
 
@@ -128,14 +148,20 @@ def runs(videos, tmp_path_factory):
 def test_ranks_step_together(runs):
     ddp, _ = runs
     ranks = [read_samples(ddp, r) for r in range(WORLD)]
-    want = [row[:3] for row in ref.expected_run(
-        16 // WORLD, 32, 32, 1, 2, [1], 1e-5,
-        long_factors=MULTI_GRID['long_cycle_factors'])]
+    want = [
+        row[:3] for row in ref.expected_run(
+            16 // WORLD,
+            32,
+            32,
+            1,
+            2, [1],
+            1e-5,
+            long_factors=MULTI_GRID['long_cycle_factors'])
+    ]
     assert [sum(w[0] == e for w in want) for e in range(3)] == [1, 3, 3]
     for records in ranks:
         # Per-GPU batch sizes, same iterations and short-cycle phase.
-        assert [(r['epoch'], r['iter'], r['shape'])
-                for r in records] == want
+        assert [(r['epoch'], r['iter'], r['shape']) for r in records] == want
         assert [r['lr'] for r in records] == [r['lr'] for r in ranks[0]]
 
 
@@ -173,11 +199,11 @@ def test_same_as_one_process_with_global_batch(runs):
             continue
         if 'running_mean' in key:  # precise BN: same clips, same means
             for got, want in ((d1, s1), (d3, s3)):
-                torch.testing.assert_close(got[key], want[key], rtol=1e-4,
-                                           atol=1e-6, msg=key)
+                torch.testing.assert_close(
+                    got[key], want[key], rtol=1e-4, atol=1e-6, msg=key)
             continue
-        torch.testing.assert_close(d1[key], s1[key], rtol=1e-5, atol=1e-7,
-                                   msg=key)
+        torch.testing.assert_close(
+            d1[key], s1[key], rtol=1e-5, atol=1e-7, msg=key)
         update, want = d3[key] - d1[key], value - s1[key]
         assert (update - want).norm() <= 0.05 * want.norm() + 1e-9, key
 
@@ -216,8 +242,8 @@ def reference_rows(n_per_rank, batch_size, first_epoch):
 
 
 def assert_follows_reference(records, want):
-    assert [(r['epoch'], r['iter'], r['shape']) for r in records] == [
-        w[:3] for w in want]
+    assert [(r['epoch'], r['iter'], r['shape'])
+            for r in records] == [w[:3] for w in want]
     for record, row in zip(records, want):
         assert record['lr'] == pytest.approx(row[3], rel=1e-9), record
 
@@ -232,8 +258,8 @@ def test_two_processes_resumed_on_one(runs, videos, tmp_path):
     cfg.load_from = osp.join(ddp, 'epoch_1.pth')
     runner = Runner.from_cfg(cfg)
     runner.train()
-    assert_follows_reference(read_samples(tmp_path),
-                             reference_rows(16, 1, first_epoch=1))
+    assert_follows_reference(
+        read_samples(tmp_path), reference_rows(16, 1, first_epoch=1))
     assert runner.epoch == 3
 
 

@@ -79,16 +79,25 @@ def test_uniformerv2_is_refused_by_the_model_check(videos, tmp_path):
     converts, and the model check stops it before the first iteration."""
     cfg = toy_config(
         'uniformerv2/uniformerv2-base-p16-res224_clip_8xb32-u8_'
-        'kinetics400-rgb.py', videos, work_dir=str(tmp_path),
-        multi_grid={}, clip_len=8, size=224, short_side=256,
-        options={'model.backbone.clip_pretrained': False,
-                 'model.backbone.layers': 1, 'model.backbone.n_layers': 1,
-                 'model.backbone.return_list': [0],
-                 'model.backbone.mlp_dropout': [0.5]})
+        'kinetics400-rgb.py',
+        videos,
+        work_dir=str(tmp_path),
+        multi_grid={},
+        clip_len=8,
+        size=224,
+        short_side=256,
+        options={
+            'model.backbone.clip_pretrained': False,
+            'model.backbone.layers': 1,
+            'model.backbone.n_layers': 1,
+            'model.backbone.return_list': [0],
+            'model.backbone.mlp_dropout': [0.5]
+        })
     # RandAugment through pytorchvideo, which is not installed here.
     dataset = cfg.train_dataloader.dataset
-    dataset.pipeline = [t for t in dataset.pipeline
-                        if t['type'] != 'PytorchVideoWrapper']
+    dataset.pipeline = [
+        t for t in dataset.pipeline if t['type'] != 'PytorchVideoWrapper'
+    ]
     runner = Runner.from_cfg(cfg)
     with pytest.raises(ValueError, match='UniFormerV2.*cannot take'):
         runner.train()

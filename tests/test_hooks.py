@@ -5,18 +5,17 @@ before validations and checkpoints and reaches the neck's BN layers."""
 import re
 
 import pytest
+import reference as ref
 import torch
 from conftest import toy_config
-from mmaction.registry import HOOKS, MODELS
 from mmaction.models.heads import I3DHead
+from mmaction.registry import HOOKS, MODELS
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from probes import TINY_I3D
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-import reference as ref
-from mmaction_multigrid import (MultiGridLR, MultiGridTrainLoop,
-                                PreciseBNHook)
-from probes import TINY_I3D
+from mmaction_multigrid import MultiGridLR, MultiGridTrainLoop, PreciseBNHook
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 TPN = ('tpn/tpn-slowonly_imagenet-pretrained-r50_8xb8-8x8x1-150e_'
@@ -26,9 +25,14 @@ SHORT = (0.5, 0.5**0.5)
 
 
 def _runner(data, tmp_path, multi_grid=None, **options):
-    cfg = toy_config(I3D, data, work_dir=str(tmp_path), max_epochs=4,
-                     milestones=(2, 3), multi_grid=multi_grid or {},
-                     options=dict(TINY_I3D, **options))
+    cfg = toy_config(
+        I3D,
+        data,
+        work_dir=str(tmp_path),
+        max_epochs=4,
+        milestones=(2, 3),
+        multi_grid=multi_grid or {},
+        options=dict(TINY_I3D, **options))
     return Runner.from_cfg(cfg)
 
 
@@ -57,7 +61,8 @@ def test_loop_owns_epoch_lengths_and_max_iters(videos, tmp_path):
     sched = ref.long_cycle(32, (32, 32), 4, [2, 3], LONG, SHORT, True, 1.5)
     lengths = []
     for epoch in range(sched[-1][2]):
-        cycle = ref.batches(1, ref.base_at(sched, epoch)[1], (32, 32), SHORT,
+        cycle = ref.batches(1,
+                            ref.base_at(sched, epoch)[1], (32, 32), SHORT,
                             True)
         lengths.append(ref.epoch_batches(16, [c[0] for c in cycle]))
     assert runner.train_loop.epoch_lengths == lengths
@@ -84,11 +89,15 @@ class FlattenFCHead(I3DHead):
 
 def test_model_check_runs_the_head(videos, tmp_path):
     # Default shape 32x32x32 -> ResNet3d-18 features 64 x 4 x 1 x 1.
-    runner = _runner(videos, tmp_path, **{
-        'model.cls_head.type': 'FlattenFCHead',
-        'model.cls_head.feat_size': 4})
-    with pytest.raises(ValueError, match=r'cannot take the multigrid input '
-                       r'of \d+ frames x \d+x\d+'):
+    runner = _runner(
+        videos, tmp_path, **{
+            'model.cls_head.type': 'FlattenFCHead',
+            'model.cls_head.feat_size': 4
+        })
+    with pytest.raises(
+            ValueError,
+            match=r'cannot take the multigrid input '
+            r'of \d+ frames x \d+x\d+'):
         runner.train()
     assert runner.iter == 0
 
@@ -96,18 +105,26 @@ def test_model_check_runs_the_head(videos, tmp_path):
 # (precise_bn interval, val settings, checkpoint settings) -> 1-based epochs
 # after which precise BN runs, worked out by hand for 6 multigrid epochs.
 PRECISE_CASES = [
-    pytest.param(None, dict(val_interval=2), dict(interval=100,
-                                                  save_last=False),
-                 {2, 4, 6}, id='every-validation'),
-    pytest.param(None, None, dict(interval=4, save_last=True), {4, 6},
-                 id='every-checkpoint'),
-    pytest.param(2, dict(val_interval=3, val_begin=4,
-                         dynamic_intervals=[(4, 1)]),
-                 dict(interval=100, save_last=False), {2, 4, 5, 6},
-                 id='interval-and-dynamic-validation'),
-    pytest.param(None, None, dict(interval=2, by_epoch=False,
-                                  save_last=False), {6},
-                 id='iteration-checkpoints'),
+    pytest.param(
+        None,
+        dict(val_interval=2),
+        dict(interval=100, save_last=False), {2, 4, 6},
+        id='every-validation'),
+    pytest.param(
+        None,
+        None,
+        dict(interval=4, save_last=True), {4, 6},
+        id='every-checkpoint'),
+    pytest.param(
+        2,
+        dict(val_interval=3, val_begin=4, dynamic_intervals=[(4, 1)]),
+        dict(interval=100, save_last=False), {2, 4, 5, 6},
+        id='interval-and-dynamic-validation'),
+    pytest.param(
+        None,
+        None,
+        dict(interval=2, by_epoch=False, save_last=False), {6},
+        id='iteration-checkpoints'),
 ]
 
 
@@ -125,8 +142,10 @@ def test_precise_bn_before_validation_and_checkpoint(videos, tmp_path,
         precise['interval'] = interval
     runner = _runner(videos, tmp_path, dict(precise_bn=precise), **options)
     runner.train()
-    ran = {int(e) for e in re.findall(r'Precise BN after epoch (\d+):',
-                                      _log(runner))}
+    ran = {
+        int(e)
+        for e in re.findall(r'Precise BN after epoch (\d+):', _log(runner))
+    }
     assert ran == epochs
 
 
@@ -141,24 +160,33 @@ class BNSnapshot(Hook):
     def after_train_epoch(self, runner):
         self.means.append({
             name: m.running_mean.clone()
-            for name, m in runner.model.named_modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-            and m.training
+            for name, m in runner.model.named_modules() if
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
         })
 
 
 def test_precise_bn_updates_bn_in_the_neck(videos32, tmp_path):
-    cfg = toy_config(TPN, videos32, work_dir=str(tmp_path), clip_len=8,
-                     interval=4, batch_size=2, max_epochs=2, milestones=(1, ),
-                     multi_grid=dict(precise_bn=dict(num_iters=2)))
-    cfg.custom_hooks += [dict(type='BNSnapshot', priority='HIGH'),
-                         dict(type='BNSnapshot', priority='NORMAL')]
+    cfg = toy_config(
+        TPN,
+        videos32,
+        work_dir=str(tmp_path),
+        clip_len=8,
+        interval=4,
+        batch_size=2,
+        max_epochs=2,
+        milestones=(1, ),
+        multi_grid=dict(precise_bn=dict(num_iters=2)))
+    cfg.custom_hooks += [
+        dict(type='BNSnapshot', priority='HIGH'),
+        dict(type='BNSnapshot', priority='NORMAL')
+    ]
     runner = Runner.from_cfg(cfg)
     runner.train()
     before, after = (h for h in runner.hooks if isinstance(h, BNSnapshot))
-    assert [type(h).__name__ for h in runner.hooks if isinstance(
-        h, (BNSnapshot, PreciseBNHook))] == ['BNSnapshot', 'PreciseBNHook',
-                                             'BNSnapshot']
+    assert [
+        type(h).__name__ for h in runner.hooks
+        if isinstance(h, (BNSnapshot, PreciseBNHook))
+    ] == ['BNSnapshot', 'PreciseBNHook', 'BNSnapshot']
     last_before, last_after = before.means[-1], after.means[-1]
     neck = [name for name in last_before if name.startswith('neck.')]
     assert neck, 'the TPN neck has BN layers'

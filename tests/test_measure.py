@@ -39,12 +39,16 @@ def rows(text: str, pattern: str) -> list:
 
 def test_measure_predicts_the_sum_of_its_shapes(config, tmp_path, capsys):
     threads = torch.get_num_threads()
-    assert main(['plan', config, '--out', str(tmp_path), '--measure',
-                 '--iters', '1', '--clips', '2', '--workers',
-                 str(WORKERS), '--device', 'cpu']) == 0
+    assert main([
+        'plan', config, '--out',
+        str(tmp_path), '--measure', '--iters', '1', '--clips', '2',
+        '--workers',
+        str(WORKERS), '--device', 'cpu'
+    ]) == 0
     out = capsys.readouterr().out
-    shapes = rows(out, r'\| (stock )?(\d+)x(\d+)x(\d+)x(\d+), (\d+) \| '
-                  r'([\d.]+) \| ([\d.]+) \| ([\d.]+) \|')
+    shapes = rows(
+        out, r'\| (stock )?(\d+)x(\d+)x(\d+)x(\d+), (\d+) \| '
+        r'([\d.]+) \| ([\d.]+) \| ([\d.]+) \|')
     timing = {
         (int(b), int(t), int(r), int(h), int(w)): (float(c), float(d))
         for _, b, t, h, w, r, c, d, _ in shapes
@@ -76,13 +80,14 @@ def test_measure_predicts_the_sum_of_its_shapes(config, tmp_path, capsys):
     found = re.search(r'predicted stock: ([\d.]+) s; multigrid: ([\d.]+) s',
                       out)
     assert float(found.group(1)) == pytest.approx(stock, rel=0.01, abs=0.1)
-    assert float(found.group(2)) == pytest.approx(expected, rel=0.01,
-                                                  abs=0.1)
-    printed = rows(out, r'\| (\d+) \| \d+-\d+ \| [\d.]+ \| [\d.]+ \| '
-                   r'[\d.]+ \| (data|compute) \|')
+    assert float(found.group(2)) == pytest.approx(expected, rel=0.01, abs=0.1)
+    printed = rows(
+        out, r'\| (\d+) \| \d+-\d+ \| [\d.]+ \| [\d.]+ \| '
+        r'[\d.]+ \| (data|compute) \|')
     assert [bound for _, bound in printed] == stage_bound
     named = re.search(r'data-bound stages: (.*)', out).group(1)
-    assert named.startswith(', '.join(
-        str(i) for i, b in enumerate(stage_bound) if b == 'data') or 'none')
+    assert named.startswith(
+        ', '.join(str(i) for i, b in enumerate(stage_bound) if b == 'data')
+        or 'none')
     assert osp.isfile(str(tmp_path / 'tiny_multigrid_measure.png'))
     assert torch.get_num_threads() == threads  # restored after timing

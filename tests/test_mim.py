@@ -23,17 +23,28 @@ param_scheduler = [dict(type='MultiStepLR', begin=0, end=2, by_epoch=True,
 
 
 def test_mim_train_runs_a_repo_config(tmp_path):
-    info = make_dataset(str(tmp_path / 'data'), videos_per_class=6,
-                        num_frames=24, size=(72, 96))
+    info = make_dataset(
+        str(tmp_path / 'data'),
+        videos_per_class=6,
+        num_frames=24,
+        size=(72, 96))
     config = tmp_path / 'demo_mim.py'
-    config.write_text(CHILD.format(repo=REPO, prefix=info['data_prefix'],
-                                   train=info['train_ann'],
-                                   val=info['val_ann']))
+    config.write_text(
+        CHILD.format(
+            repo=REPO,
+            prefix=info['data_prefix'],
+            train=info['train_ann'],
+            val=info['val_ann']))
     work = tmp_path / 'work'
-    proc = subprocess.run(
-        [sys.executable, '-m', 'mim', 'train', 'mmaction', str(config),
-         '--work-dir', str(work)], capture_output=True, text=True,
-        timeout=900, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    proc = subprocess.run([
+        sys.executable, '-m', 'mim', 'train', 'mmaction',
+        str(config), '--work-dir',
+        str(work)
+    ],
+                          capture_output=True,
+                          text=True,
+                          timeout=900,
+                          env=dict(os.environ, PYTHONUNBUFFERED='1'))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert 'Multigrid schedule (3 epochs instead of 2' in out

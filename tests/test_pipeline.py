@@ -1,7 +1,6 @@
 """Tests of the pipeline rewriting, run with real MMAction2 transforms on a
 real decoded clip."""
 import copy
-import os
 import os.path as osp
 
 import cv2
@@ -16,8 +15,8 @@ from mmaction_multigrid.pipeline import (clip_params, find_sampler,
                                          output_size, reshape_pipeline)
 from mmaction_multigrid.synthetic import make_dataset
 
-CONFIGS = osp.join(osp.dirname(mmaction.__file__), '.mim', 'configs',
-                   'recognition')
+CONFIGS = osp.join(
+    osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 SLOWFAST = 'slowfast/slowfast_r50_8xb8-8x8x1-steplr-256e_kinetics400-rgb.py'
 TPN = ('tpn/tpn-slowonly_imagenet-pretrained-r50_8xb8-8x8x1-150e_'
@@ -34,9 +33,13 @@ def _scope():
 
 @pytest.fixture(scope='module')
 def video(tmp_path_factory):
-    info = make_dataset(str(tmp_path_factory.mktemp('pipe')), num_classes=1,
-                        videos_per_class=1, num_frames=72, size=(96, 128),
-                        val_per_class=0)
+    info = make_dataset(
+        str(tmp_path_factory.mktemp('pipe')),
+        num_classes=1,
+        videos_per_class=1,
+        num_frames=72,
+        size=(96, 128),
+        val_per_class=0)
     return osp.join(info['data_prefix'], 'train', '00_000.mp4')
 
 
@@ -48,12 +51,12 @@ def _stock(path, split='train'):
 
 def _run(pipeline, filename, pack=True):
     from mmaction.registry import TRANSFORMS
-    transforms = [t for t in pipeline
-                  if pack or t['type'] != 'PackActionInputs']
-    compose = Compose([TRANSFORMS.build(copy.deepcopy(t))
-                       for t in transforms])
-    return compose(dict(filename=filename, label=0, start_index=0,
-                        modality='RGB'))
+    transforms = [
+        t for t in pipeline if pack or t['type'] != 'PackActionInputs'
+    ]
+    compose = Compose([TRANSFORMS.build(copy.deepcopy(t)) for t in transforms])
+    return compose(
+        dict(filename=filename, label=0, start_index=0, modality='RGB'))
 
 
 def _sampler(pipeline):
@@ -74,8 +77,8 @@ def test_stock_clip_params_and_size(path, T, r, S):
 
 
 @pytest.mark.parametrize('path,T,r,S', STOCK)
-@pytest.mark.parametrize('frac_t,size', [(0.25, (112, 112)),
-                                         (0.5, (158, 158)), (1, (224, 224))])
+@pytest.mark.parametrize('frac_t,size', [(0.25, (112, 112)), (0.5, (158, 158)),
+                                         (1, (224, 224))])
 def test_stock_pipelines_run(video, path, T, r, S, frac_t, size):
     stock = _stock(path)
     before = copy.deepcopy(stock)
@@ -96,8 +99,8 @@ def test_stock_pipelines_run(video, path, T, r, S, frac_t, size):
 
 def test_i3d_field_of_view_in_config():
     new = reshape_pipeline(_stock(I3D), 8, 8, (112, 112))
-    resize = next(t for t in new if t['type'] == 'Resize'
-                  and t.get('keep_ratio', True))
+    resize = next(t for t in new
+                  if t['type'] == 'Resize' and t.get('keep_ratio', True))
     crop = next(t for t in new if t['type'] == 'MultiScaleCrop')
     short = resize['scale'][1]
     crop_size = crop['input_size']
@@ -114,16 +117,14 @@ def test_center_crop_field_of_view(video):
     assert stock[-3]['type'] == 'CenterCrop'
     assert _sampler(stock)['test_mode']
     default = _run(stock, video, pack=False)
-    half = _run(reshape_pipeline(stock, 32, 2, (112, 112)), video,
-                pack=False)
+    half = _run(reshape_pipeline(stock, 32, 2, (112, 112)), video, pack=False)
     np.testing.assert_array_equal(default['frame_inds'], half['frame_inds'])
     big = default['imgs'][0].transpose(1, 2, 3, 0)  # T, H, W, C
     small = half['imgs'][0].transpose(1, 2, 3, 0)
     assert big.shape == (32, 224, 224, 3)
     assert small.shape == (32, 112, 112, 3)
-    down = np.stack([
-        cv2.resize(f, (112, 112), interpolation=cv2.INTER_AREA) for f in big
-    ])
+    down = np.stack(
+        [cv2.resize(f, (112, 112), interpolation=cv2.INTER_AREA) for f in big])
     diff = np.abs(down.astype(np.float32) - small.astype(np.float32)).mean()
     assert diff < 3, diff
     # A shifted/zoomed view would differ a lot more: sanity of the metric.
@@ -134,8 +135,7 @@ def test_center_crop_field_of_view(video):
 def test_center_crop_temporal_span(video):
     stock = _stock(I3D, 'val')
     default = _run(stock, video, pack=False)
-    short = _run(reshape_pipeline(stock, 8, 8, (112, 112)), video,
-                 pack=False)
+    short = _run(reshape_pipeline(stock, 8, 8, (112, 112)), video, pack=False)
     d, s = np.asarray(default['frame_inds']), np.asarray(short['frame_inds'])
     assert len(s) == 8
     assert np.all(np.diff(s) == 8)
@@ -174,9 +174,10 @@ def test_errors():
                  'kinetics400-rgb.py')
     with pytest.raises(ValueError, match='2D recogniser'):
         clip_params(tsn)
-    rrc_last = [t for t in _stock(SLOWFAST)
-                if not (t['type'] == 'Resize'
-                        and not t.get('keep_ratio', True))]
+    rrc_last = [
+        t for t in _stock(SLOWFAST)
+        if not (t['type'] == 'Resize' and not t.get('keep_ratio', True))
+    ]
     assert rrc_last[4]['type'] == 'RandomResizedCrop'
     with pytest.raises(ValueError, match='fixed'):
         output_size(rrc_last)

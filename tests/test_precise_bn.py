@@ -60,10 +60,9 @@ def test_exact_average_and_restored_state():
     used = update_bn_stats(model, batches, num_iters=5)
     assert used == 5
     mean, var = _expected(model, batches)
-    torch.testing.assert_close(model.bn.running_mean, mean, atol=1e-5,
-                               rtol=1e-5)
-    torch.testing.assert_close(model.bn.running_var, var, atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        model.bn.running_mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.bn.running_var, var, atol=1e-5, rtol=1e-5)
     assert model.bn.momentum == 0.3
     assert not model.training and not model.bn.training
     assert not model.drop.training
@@ -83,10 +82,9 @@ def test_custom_forward_train_mode_and_frozen_bn():
     assert update_bn_stats(model, iter(batches), 3, forward=forward) == 3
     assert len(calls) == 3
     mean, var = _expected(model, [b['inputs'] for b in batches])
-    torch.testing.assert_close(model.bn.running_mean, mean, atol=1e-5,
-                               rtol=1e-5)
-    torch.testing.assert_close(model.bn.running_var, var, atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        model.bn.running_mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.bn.running_var, var, atol=1e-5, rtol=1e-5)
     assert model.training and model.bn.training
 
     # A BN layer in eval mode inside a model in training mode is frozen.
@@ -106,17 +104,18 @@ def test_sub_batch_bn_layer():
     with torch.no_grad():
         for b in batches:
             # 3 groups of 2 clips: clip i in group i % 3.
-            groups = [g.transpose(0, 1).reshape(C, -1)
-                      for g in (model.conv(b)[i::3] for i in range(3))]
+            groups = [
+                g.transpose(0, 1).reshape(C, -1)
+                for g in (model.conv(b)[i::3] for i in range(3))
+            ]
             m = torch.stack([g.mean(1) for g in groups])
             v = torch.stack([g.var(1, unbiased=True) for g in groups])
             means.append(m.mean(0))
             variances.append(v.mean(0) + m.var(0, unbiased=False))
-    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0),
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(bn.running_var,
-                               torch.stack(variances).mean(0),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        bn.running_mean, torch.stack(means).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        bn.running_var, torch.stack(variances).mean(0), atol=1e-5, rtol=1e-5)
     assert bn.split_stats() is None  # next training step starts from these
     assert bn.momentum == 0.1
 
@@ -152,10 +151,9 @@ def test_fewer_batches_than_requested():
     assert used == 3
     assert any('only 3' in m for m in handler.messages)
     mean, var = _expected(model, batches)
-    torch.testing.assert_close(model.bn.running_mean, mean, atol=1e-5,
-                               rtol=1e-5)
-    torch.testing.assert_close(model.bn.running_var, var, atol=1e-5,
-                               rtol=1e-5)
+    torch.testing.assert_close(
+        model.bn.running_mean, mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.bn.running_var, var, atol=1e-5, rtol=1e-5)
 
     # No batch at all: statistics are left alone.
     before = model.bn.running_mean.clone()
@@ -200,18 +198,20 @@ def test_distributed_average(tmp_path):
         torch.load(tmp_path / f'rank{r}.pth') for r in range(world_size)
     ]
     assert all(r['used'] == 3 for r in results)
-    torch.testing.assert_close(results[0]['mean'], results[1]['mean'],
-                               atol=0, rtol=0)
-    torch.testing.assert_close(results[0]['var'], results[1]['var'],
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        results[0]['mean'], results[1]['mean'], atol=0, rtol=0)
+    torch.testing.assert_close(
+        results[0]['var'], results[1]['var'], atol=0, rtol=0)
     local = []
     for rank in range(world_size):
         model = _model()
         update_bn_stats(model, _batches(3, seed=10 + rank), 3)
         local.append((model.bn.running_mean, model.bn.running_var))
-    torch.testing.assert_close(results[0]['mean'],
-                               (local[0][0] + local[1][0]) / 2,
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(results[0]['var'],
-                               (local[0][1] + local[1][1]) / 2,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        results[0]['mean'], (local[0][0] + local[1][0]) / 2,
+        atol=1e-5,
+        rtol=1e-5)
+    torch.testing.assert_close(
+        results[0]['var'], (local[0][1] + local[1][1]) / 2,
+        atol=1e-5,
+        rtol=1e-5)

@@ -28,9 +28,10 @@ def write_config(path: str, data: dict) -> str:
     """The demo config on ``data``, its train pipeline stopped before
     formatting so samples show their decoded frames."""
     cfg = Config.fromfile(DEMO_CONFIG)
-    pipeline = [t for t in cfg.train_pipeline
-                if t['type'] not in ('Flip', 'FormatShape',
-                                     'PackActionInputs')]
+    pipeline = [
+        t for t in cfg.train_pipeline
+        if t['type'] not in ('Flip', 'FormatShape', 'PackActionInputs')
+    ]
     cfg.train_dataloader.dataset = dataset_cfg(data, pipeline)
     cfg.dump(path)
     return path
@@ -38,9 +39,12 @@ def write_config(path: str, data: dict) -> str:
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp('src')),
-                        videos_per_class=2, num_frames=40, size=SOURCE,
-                        corrupt=2)
+    return make_dataset(
+        str(tmp_path_factory.mktemp('src')),
+        videos_per_class=2,
+        num_frames=40,
+        size=SOURCE,
+        corrupt=2)
 
 
 @pytest.fixture(scope='module')
@@ -48,8 +52,11 @@ def prepared(tmp_path_factory, data):
     root = tmp_path_factory.mktemp('prep')
     config = write_config(str(root / 'mg.py'), data)
     out = str(root / 'copy')
-    return dict(config=config, out=out,
-                report=prepare(config, out, workers=2), data=data)
+    return dict(
+        config=config,
+        out=out,
+        report=prepare(config, out, workers=2),
+        data=data)
 
 
 def frame_files(folder: str) -> list:
@@ -87,8 +94,8 @@ def test_content_kept_at_the_lower_resolution(prepared):
                 osp.join(folder, '01_000', f'img_{index + 1:05}.jpg'))
             other = cv2.imread(
                 osp.join(folder, '03_001', f'img_{index + 1:05}.jpg'))
-            small = cv2.resize(source[index], copy.shape[1::-1],
-                               interpolation=cv2.INTER_AREA)
+            small = cv2.resize(
+                source[index], copy.shape[1::-1], interpolation=cv2.INTER_AREA)
             small = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
             assert psnr(small, copy) > 30
             assert psnr(small, other) < 20
@@ -114,18 +121,23 @@ def test_annotation_and_config(prepared):
 
 
 def test_corrupt_source_reported_and_skipped(prepared):
-    corrupt = sorted(osp.basename(src)
-                     for src, _ in prepared['report']['corrupt'])
+    corrupt = sorted(
+        osp.basename(src) for src, _ in prepared['report']['corrupt'])
     assert corrupt == ['corrupt_000.mp4', 'corrupt_001.mp4']
     for side in SIDES:
-        assert not [name for name in os.listdir(
-            osp.join(prepared['out'], f'short{side}', 'train'))
-                    if 'corrupt' in name]
+        assert not [
+            name for name in os.listdir(
+                osp.join(prepared['out'], f'short{side}', 'train'))
+            if 'corrupt' in name
+        ]
 
 
 def mtimes(folder: str) -> dict:
-    return {osp.join(d, n): os.stat(osp.join(d, n)).st_mtime_ns
-            for d, _, names in os.walk(folder) for n in names}
+    return {
+        osp.join(d, n): os.stat(osp.join(d, n)).st_mtime_ns
+        for d, _, names in os.walk(folder)
+        for n in names
+    }
 
 
 def test_idempotent_and_resumable(tmp_path, data, capsys):
@@ -169,14 +181,12 @@ def test_each_shape_reads_the_smallest_sufficient_copy(prepared):
     default shape and plain indices read the source video."""
     out = prepared['out']
     cfg = Config.fromfile(osp.join(out, 'mg.py'))
-    dataset = MultiGridDataset(cfg.train_dataloader.dataset,
-                               prepared_copy=out)
-    width = {side: int(round(SOURCE[1] * side / SOURCE[0]))
-             for side in SIDES}
+    dataset = MultiGridDataset(cfg.train_dataloader.dataset, prepared_copy=out)
+    width = {side: int(round(SOURCE[1] * side / SOURCE[0])) for side in SIDES}
     for size, side in ((32, 36), (45, 51)):
         results = dataset[ShapedIndex(0, 4, 4, size, size)]
-        assert results['frame_dir'] == osp.join(out, f'short{side}',
-                                                'train', '00_000')
+        assert results['frame_dir'] == osp.join(out, f'short{side}', 'train',
+                                                '00_000')
         assert results['original_shape'] == (side, width[side])
         assert np.stack(results['imgs']).shape == (4, size, size, 3)
     for idx in (ShapedIndex(0, 16, 1, 64, 64), 0):
@@ -209,9 +219,11 @@ def test_copy_frames_match_the_source_frame_indices(prepared):
     top, left = (h - 45) // 2, (w - 45) // 2
     for k, img in zip(results['frame_inds'], results['imgs']):
         scores = {
-            j: psnr(cv2.resize(source[j], (w, h),
-                               interpolation=cv2.INTER_AREA)[
-                                   top:top + 45, left:left + 45], img)
+            j:
+            psnr(
+                cv2.resize(source[j], (w, h),
+                           interpolation=cv2.INTER_AREA)[top:top + 45,
+                                                         left:left + 45], img)
             for j in (k - 1, k, k + 1) if 0 <= j < len(source)
         }
         assert max(scores, key=scores.get) == k, scores
@@ -221,27 +233,30 @@ def test_copy_frames_match_the_source_frame_indices(prepared):
 def test_rawframe_source(tmp_path):
     """A rawframe train set: copies keep the frame file names; a folder with
     a broken frame is reported and skipped; small shapes read the copy."""
-    data = make_dataset(str(tmp_path / 'src'), videos_per_class=1,
-                        num_frames=40, size=SOURCE, fmt='rawframes',
-                        corrupt=1)
+    data = make_dataset(
+        str(tmp_path / 'src'),
+        videos_per_class=1,
+        num_frames=40,
+        size=SOURCE,
+        fmt='rawframes',
+        corrupt=1)
     config = write_config(str(tmp_path / 'mg.py'), data)
     cfg = Config.fromfile(config)
     cfg.train_dataloader.dataset.pipeline = [
         dict(type='RawFrameDecode') if t['type'] == 'DecordDecode' else t
         for t in cfg.train_dataloader.dataset.pipeline
-        if t['type'] != 'DecordInit']
+        if t['type'] != 'DecordInit'
+    ]
     cfg.dump(config)
     out = str(tmp_path / 'copy')
     report = prepare(config, out, workers=1)
-    assert [osp.basename(s) for s, _ in report['corrupt']] == [
-        'corrupt_000']
+    assert [osp.basename(s) for s, _ in report['corrupt']] == ['corrupt_000']
     assert report['written'] == 4
     prepared_cfg = Config.fromfile(osp.join(out, 'mg.py'))
-    dataset = MultiGridDataset(prepared_cfg.train_dataloader.dataset,
-                               prepared_copy=out)
+    dataset = MultiGridDataset(
+        prepared_cfg.train_dataloader.dataset, prepared_copy=out)
     results = dataset[ShapedIndex(1, 8, 2, 32, 32)]
-    assert results['frame_dir'] == osp.join(out, 'short36', 'train',
-                                            '01_000')
+    assert results['frame_dir'] == osp.join(out, 'short36', 'train', '01_000')
     assert results['original_shape'] == (36, 48)
     assert dataset[1]['original_shape'] == SOURCE
 

@@ -12,12 +12,12 @@ import subprocess
 import sys
 
 import pytest
+import reference as ref
 from conftest import TESTS, TOOLS
 from mmengine.config import Config
-
-import reference as ref
-from mmaction_multigrid import MultiGridRunner, convert_config
 from test_cosine_e2e import LONG, SHORT, recorded
+
+from mmaction_multigrid import MultiGridRunner, convert_config
 
 RUNTIME = '''
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
@@ -160,9 +160,12 @@ def _write(tmp_path, videos, switch):
     (root / '_base_' / 'default_runtime.py').write_text(RUNTIME)
     (root / '_base_' / 'models' / 'tiny_i3d.py').write_text(MODEL)
     path = root / 'tiny_i3d_cosine_multigrid.py'
-    path.write_text(CONFIG.format(
-        switch=switch, train_ann=videos['train_ann'],
-        val_ann=videos['val_ann'], prefix=videos['data_prefix']))
+    path.write_text(
+        CONFIG.format(
+            switch=switch,
+            train_ann=videos['train_ann'],
+            val_ann=videos['val_ann'],
+            prefix=videos['data_prefix']))
     return path
 
 
@@ -181,13 +184,19 @@ RUNNERS.build(cfg).train()
 def _train(path, work, tools_train=False):
     """Train ``path`` in a fresh process: MMAction2's ``tools/train.py``,
     or :data:`BUILD`."""
-    env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
-    command = ([osp.join(TOOLS, 'train.py'), str(path), '--work-dir',
-                str(work)] if tools_train else ['-c', BUILD, str(path),
-                                                str(work)])
-    proc = subprocess.run([sys.executable, *command], env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ,
+        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    command = (
+        [osp.join(TOOLS, 'train.py'),
+         str(path), '--work-dir',
+         str(work)] if tools_train else
+        ['-c', BUILD, str(path), str(work)])
+    proc = subprocess.run([sys.executable, *command],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -197,8 +206,8 @@ def test_class_typed_config_converts(videos, tmp_path):
     cfg = Config.fromfile(str(_write(tmp_path, videos, SWITCH)))
     out = convert_config(cfg)
     schedule = out.train_dataloader.batch_sampler.schedule
-    assert [t['type'] for t in schedule['lr_terms']] == [
-        'LinearLR', 'CosineAnnealingLR']
+    assert [t['type'] for t in schedule['lr_terms']
+            ] == ['LinearLR', 'CosineAnnealingLR']
     assert (schedule['clip_len'], schedule['size']) == (8, [32, 32])
     assert out.train_dataloader.dataset.type == 'MultiGridDataset'
     # The config's own runner_type (the class) is kept.
@@ -212,9 +221,14 @@ def test_pure_python_config_trains_multigrid(videos, tmp_path):
     E, phases = 4, ref.cosine_phases(4, 2, 0.2)
     sched = ref.long_cycle(8, (32, 32), E, phases, LONG, SHORT, True, 1.5)
     schedulers = [
-        dict(type='LinearLR', start_factor=0.1, begin=0, end=1,
-             convert_to_iter_based=True),
-        dict(type='CosineAnnealingLR', T_max=4, eta_min=0, begin=0, end=4)]
+        dict(
+            type='LinearLR',
+            start_factor=0.1,
+            begin=0,
+            end=1,
+            convert_to_iter_based=True),
+        dict(type='CosineAnnealingLR', T_max=4, eta_min=0, begin=0, end=4)
+    ]
     want = []
     for epoch in range(sched[-1][2]):
         _, base = ref.base_at(sched, epoch)
@@ -222,8 +236,8 @@ def test_pure_python_config_trains_multigrid(videos, tmp_path):
         n = ref.epoch_batches(16, [c[0] for c in cycle])
         for i in range(n):
             size, (h, w) = cycle[i % len(cycle)]
-            lr = 0.001 * ref.cosine_lr_factor(epoch + i / n, sched,
-                                              schedulers, 0.001, E, phases)
+            lr = 0.001 * ref.cosine_lr_factor(epoch + i / n, sched, schedulers,
+                                              0.001, E, phases)
             want.append((epoch, i, [size, 3, base[1], h, w], lr))
     got = recorded(tmp_path / 'work')
     assert [g[:3] for g in got] == [w[:3] for w in want]

@@ -12,13 +12,13 @@ import subprocess
 import sys
 
 import pytest
+import reference as ref
 import torch
 from conftest import TESTS, TOOLS, toy_config
 from mmengine.runner import Runner
+from probes import TINY_I3D, read_samples, with_filenames
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-import reference as ref
-from probes import TINY_I3D, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 # Stock E=4, milestones (2, 3): 6 multigrid epochs of [1, 1, 3, 6, 3, 6]
@@ -36,10 +36,14 @@ def reference(epoch_factor=1.5):
     the short cycle of (batch, size) and the number of iterations."""
     sched = ref.long_cycle(32, (32, 32), 4, [2, 3], LONG, SHORT, True,
                            epoch_factor)
-    cycles = [ref.batches(1, ref.base_at(sched, e)[1], (32, 32), SHORT, True)
-              for e in range(sched[-1][2])]
-    lengths = [ref.epoch_batches(16, [c[0] for c in cycle])
-               for cycle in cycles]
+    cycles = [
+        ref.batches(1,
+                    ref.base_at(sched, e)[1], (32, 32), SHORT, True)
+        for e in range(sched[-1][2])
+    ]
+    lengths = [
+        ref.epoch_batches(16, [c[0] for c in cycle]) for cycle in cycles
+    ]
     return sched, cycles, lengths
 
 
@@ -47,15 +51,18 @@ def reference_lr(sched, epoch):
     return 0.001 * ref.lr_factor(epoch, sched, 0.1, 2, True)
 
 
-def resume_config(videos, multi_grid=None, checkpoint_interval=2,
-                  workers=2):
+def resume_config(videos, multi_grid=None, checkpoint_interval=2, workers=2):
     """The toy run; with ``workers``, persistent data workers."""
     cfg = toy_config(
-        I3D, videos, multi_grid=multi_grid or dict(),
-        options=dict(TINY_I3D, **{
-            'default_hooks.checkpoint.interval': checkpoint_interval,
-            'train_dataloader.num_workers': workers,
-            'train_dataloader.persistent_workers': workers > 0}))
+        I3D,
+        videos,
+        multi_grid=multi_grid or dict(),
+        options=dict(
+            TINY_I3D, **{
+                'default_hooks.checkpoint.interval': checkpoint_interval,
+                'train_dataloader.num_workers': workers,
+                'train_dataloader.persistent_workers': workers > 0
+            }))
     cfg.custom_imports['imports'].append('probes')
     cfg.custom_hooks += [dict(type='SampleRecorder'), dict(type='KillAt')]
     with_filenames(cfg)
@@ -64,23 +71,31 @@ def resume_config(videos, multi_grid=None, checkpoint_interval=2,
 
 def train_tool(config, work_dir, resume=False, kill_at=None):
     """``python tools/train.py CONFIG [--resume]`` in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep +
-               os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1',
-               TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    env = dict(
+        os.environ,
+        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''),
+        OMP_NUM_THREADS='1',
+        TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
     env.pop('MG_KILL_AT', None)
     if kill_at is not None:
         env['MG_KILL_AT'] = '%d:%d' % kill_at
-    cmd = [sys.executable, osp.join(TOOLS, 'train.py'), str(config),
-           '--work-dir', str(work_dir)] + (['--resume'] if resume else [])
-    return subprocess.run(cmd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        sys.executable,
+        osp.join(TOOLS, 'train.py'),
+        str(config), '--work-dir',
+        str(work_dir)
+    ] + (['--resume'] if resume else [])
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def kill_points(seed=0):
     """One random (epoch, iter) in every stage that has epochs."""
     sched, _, lengths = reference()
-    stage_of = [min(i for i, s in enumerate(sched) if s[2] > e)
-                for e in range(len(lengths))]
+    stage_of = [
+        min(i for i, s in enumerate(sched) if s[2] > e)
+        for e in range(len(lengths))
+    ]
     rng = random.Random(seed)
     points = []
     for stage in sorted(set(stage_of)):
@@ -135,8 +150,7 @@ def test_killed_anywhere_resumes_exactly(uninterrupted, tmp_path):
     assert len(points) >= 5
     for point in points:
         proc = train_tool(config, work, resume=True, kill_at=point)
-        assert proc.returncode == -signal.SIGKILL, (point,
-                                                    proc.stderr[-3000:])
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-3000:])
     proc = train_tool(config, work, resume=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -152,8 +166,7 @@ def test_killed_anywhere_resumes_exactly(uninterrupted, tmp_path):
     assert logs.count('resumed epoch: 2') >= 1, points
     assert logs.count('resumed epoch: 4') >= 1, points
 
-    assert_same_weights(straight / 'epoch_6.pth', work / 'epoch_6.pth',
-                        points)
+    assert_same_weights(straight / 'epoch_6.pth', work / 'epoch_6.pth', points)
 
 
 def test_checkpoint_keeps_multigrid_state(uninterrupted):
@@ -181,15 +194,18 @@ def _run_until_first_iter(cfg):
 
     def stop(module, args):
         if module.training:
-            seen.update(shape=list(args[0].shape), epoch=runner.epoch,
-                        lr=runner.optim_wrapper.param_groups[0]['lr'])
+            seen.update(
+                shape=list(args[0].shape),
+                epoch=runner.epoch,
+                lr=runner.optim_wrapper.param_groups[0]['lr'])
             raise Stop
 
     runner.model.backbone.register_forward_pre_hook(stop)
     with pytest.raises(Stop):
         runner.train()
-    log = next(osp.join(runner.log_dir, f) for f in os.listdir(
-        runner.log_dir) if f.endswith('.log'))
+    log = next(
+        osp.join(runner.log_dir, f) for f in os.listdir(runner.log_dir)
+        if f.endswith('.log'))
     with open(log) as f:
         return seen, f.read()
 

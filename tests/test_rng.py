@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import toy_config
 from mmengine.runner import Runner
+from probes import TINY_I3D, digest, read_samples, with_filenames
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
 from mmaction_multigrid.rng import sample_seed
-from probes import TINY_I3D, digest, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 
@@ -20,13 +20,21 @@ I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 def config(videos, work_dir, **loader):
     """Stock I3D pipeline (random frame offsets, MultiScaleCrop scales,
     Flip) on 16 videos: 3 multigrid epochs of 1, 3 and 6 iterations."""
-    cfg = toy_config(I3D, videos, work_dir=str(work_dir), max_epochs=2,
-                     milestones=(1, ), multi_grid=dict(),
-                     options=dict(TINY_I3D, **{
-                         'train_cfg.val_interval': 100,
-                         'default_hooks.checkpoint.interval': 100},
-                         **{f'train_dataloader.{k}': v
-                            for k, v in loader.items()}))
+    cfg = toy_config(
+        I3D,
+        videos,
+        work_dir=str(work_dir),
+        max_epochs=2,
+        milestones=(1, ),
+        multi_grid=dict(),
+        options=dict(
+            TINY_I3D, **{
+                'train_cfg.val_interval': 100,
+                'default_hooks.checkpoint.interval': 100
+            }, **{
+                f'train_dataloader.{k}': v
+                for k, v in loader.items()
+            }))
     cfg.custom_imports['imports'].append('probes')
     cfg.custom_hooks.append(dict(type='SampleRecorder'))
     with_filenames(cfg)
@@ -38,17 +46,18 @@ def test_same_inputs_with_any_workers(videos, tmp_path):
     (prefetching across epochs) feed the model the same pixels."""
     runs, weights = {}, {}
     for name, loader in (('main', dict(num_workers=0)),
-                         ('workers', dict(num_workers=2,
-                                          persistent_workers=False)),
-                         ('persistent', dict(num_workers=2,
-                                             persistent_workers=True))):
+                         ('workers',
+                          dict(num_workers=2, persistent_workers=False)),
+                         ('persistent',
+                          dict(num_workers=2, persistent_workers=True))):
         runner = Runner.from_cfg(config(videos, tmp_path / name, **loader))
         runner.train()
         runs[name] = [(r['epoch'], r['iter'], r['files'], r['inputs'])
                       for r in read_samples(tmp_path / name)]
         weights[name] = runner.model.state_dict()
-    assert [r[:2] for r in runs['main']] == [
-        (e, i) for e, n in enumerate((1, 3, 6)) for i in range(n)]
+    assert [r[:2] for r in runs['main']] == [(e, i)
+                                             for e, n in enumerate((1, 3, 6))
+                                             for i in range(n)]
     assert runs['workers'] == runs['main']
     assert runs['persistent'] == runs['main']
     # Batches of [16], [8, 4, 2] and [4, 2, 1] * 2 clips.
@@ -70,8 +79,10 @@ def _load(dataset, index, seed):
 
 
 def test_seed_decides_the_augmentation(dataset):
-    seeds = [sample_seed(0, epoch, position) for epoch in range(4)
-             for position in range(4)]
+    seeds = [
+        sample_seed(0, epoch, position) for epoch in range(4)
+        for position in range(4)
+    ]
     assert len(set(seeds)) == len(seeds)
     first = [_load(dataset, 3, seed) for seed in seeds]
     # Other epochs and positions: other crops, flips and frames.

@@ -6,6 +6,7 @@ import os.path as osp
 from collections import Counter
 
 import pytest
+import reference as ref
 import torch
 from conftest import toy_config
 from mmaction.registry import OPTIM_WRAPPERS, TRANSFORMS
@@ -13,13 +14,12 @@ from mmcv.transforms import BaseTransform
 from mmengine.dataset import Compose
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
+from probes import TINY_I3D, read_samples, with_filenames
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid import convert_config
 from mmaction_multigrid.datasets import SkipBroken
 from mmaction_multigrid.synthetic import make_dataset
-import reference as ref
-from probes import TINY_I3D, read_samples, with_filenames
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 # Stock E=2, milestone 1: three multigrid epochs at per-GPU batches
@@ -27,13 +27,20 @@ I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 
 
 def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
-    cfg = toy_config(I3D, data, work_dir=str(work_dir), max_epochs=2,
-                     milestones=(1, ), batch_size=batch_size,
-                     multi_grid=multi_grid,
-                     options=dict(TINY_I3D, **{
-                         'train_cfg.val_interval': 100,
-                         'default_hooks.checkpoint.interval': 100,
-                         **(options or {})}))
+    cfg = toy_config(
+        I3D,
+        data,
+        work_dir=str(work_dir),
+        max_epochs=2,
+        milestones=(1, ),
+        batch_size=batch_size,
+        multi_grid=multi_grid,
+        options=dict(
+            TINY_I3D, **{
+                'train_cfg.val_interval': 100,
+                'default_hooks.checkpoint.interval': 100,
+                **(options or {})
+            }))
     cfg.custom_imports['imports'].append('probes')
     cfg.custom_hooks.append(dict(type='SampleRecorder'))
     with_filenames(cfg)
@@ -43,8 +50,8 @@ def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
 def scheduled(n_samples, batch_size=1, drop_last=True, lr=False):
     """[(epoch, iter, shape)] the reference gives for ``n_samples`` (and
     the LR with ``lr``)."""
-    rows = ref.expected_run(n_samples, 32, 32, batch_size, 2, [1], 0.001,
-                            drop_last=drop_last)
+    rows = ref.expected_run(
+        n_samples, 32, 32, batch_size, 2, [1], 0.001, drop_last=drop_last)
     return rows if lr else [row[:3] for row in rows]
 
 
@@ -57,9 +64,12 @@ def log_text(runner):
 @pytest.fixture(scope='module')
 def corrupt_videos(tmp_path_factory):
     """16 good videos, one truncated mp4 and one garbage file."""
-    return make_dataset(str(tmp_path_factory.mktemp('corrupt')),
-                        videos_per_class=4, num_frames=40, size=(48, 64),
-                        corrupt=2)
+    return make_dataset(
+        str(tmp_path_factory.mktemp('corrupt')),
+        videos_per_class=4,
+        num_frames=40,
+        size=(48, 64),
+        corrupt=2)
 
 
 def test_corrupt_videos_are_skipped_keeping_the_shape(corrupt_videos,
@@ -99,13 +109,12 @@ class FailOn(BaseTransform):
 
 
 @pytest.mark.parametrize('workers', [0, 2])
-def test_transform_bug_stops_the_run_with_its_error(videos, tmp_path,
-                                                    workers):
+def test_transform_bug_stops_the_run_with_its_error(videos, tmp_path, workers):
     """A transform that raises on every sample stops the run at the third
     sample with its own error, not after 1000 refetches with MMEngine's
     'Cannot find valid image'."""
-    cfg = small_config(videos, tmp_path, options={
-        'train_dataloader.num_workers': workers})
+    cfg = small_config(
+        videos, tmp_path, options={'train_dataloader.num_workers': workers})
     cfg.train_dataloader.dataset.pipeline.insert(3, dict(type='FailOn'))
     FailOn.calls = 0
     runner = Runner.from_cfg(cfg)
@@ -159,10 +168,14 @@ def test_too_little_data_fails_before_training(videos, tmp_path):
 def test_drop_last_false_with_persistent_workers(videos, tmp_path):
     """drop_last=False: every sample once per epoch, the last batch
     partial; two persistent worker processes load every shape."""
-    cfg = small_config(videos, tmp_path, options={
-        'train_dataloader.drop_last': False,
-        'train_dataloader.num_workers': 2,
-        'train_dataloader.persistent_workers': True})
+    cfg = small_config(
+        videos,
+        tmp_path,
+        options={
+            'train_dataloader.drop_last': False,
+            'train_dataloader.num_workers': 2,
+            'train_dataloader.persistent_workers': True
+        })
     runner = Runner.from_cfg(cfg)
     runner.train()
     got = read_samples(tmp_path)
@@ -178,8 +191,8 @@ def test_drop_last_false_with_persistent_workers(videos, tmp_path):
         assert sizes[:-1] == planned[:-1]  # full batches, then the rest
         assert sizes[-1] == 16 - sum(sizes[:-1]) <= planned[-1]
         # Every batch, the partial one too, has its scheduled clip shape.
-        assert [r['shape'][1:] for r in records] == [
-            w[2][1:] for w in want if w[0] == epoch]
+        assert [r['shape'][1:]
+                for r in records] == [w[2][1:] for w in want if w[0] == epoch]
     # Batch size 1 at the default shape: the last short-cycle step.
     assert [1, 3, 32, 32, 32] in [r['shape'] for r in got]
     assert runner.train_dataloader.persistent_workers
@@ -188,8 +201,10 @@ def test_drop_last_false_with_persistent_workers(videos, tmp_path):
 def test_persistent_workers_without_workers_is_refused(videos, tmp_path):
     """num_workers=0 with persistent_workers=True: PyTorch's own error, as
     for a stock config, before any iteration."""
-    cfg = small_config(videos, tmp_path, options={
-        'train_dataloader.persistent_workers': True})
+    cfg = small_config(
+        videos,
+        tmp_path,
+        options={'train_dataloader.persistent_workers': True})
     runner = Runner.from_cfg(cfg)
     with pytest.raises(ValueError, match='persistent_workers'):
         runner.train()
@@ -245,8 +260,10 @@ def test_auto_scale_lr_composes_with_multigrid_lr(videos, tmp_path):
     """MMEngine scales the base LR once by world_size * batch_size /
     base_batch_size (the stock per-GPU batch); multigrid then multiplies
     it by its relative factors."""
-    cfg = small_config(videos, tmp_path, options={
-        'auto_scale_lr': dict(enable=True, base_batch_size=4)})
+    cfg = small_config(
+        videos,
+        tmp_path,
+        options={'auto_scale_lr': dict(enable=True, base_batch_size=4)})
     runner = Runner.from_cfg(cfg)
     runner.train()
     got = read_samples(tmp_path)

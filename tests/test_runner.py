@@ -2,15 +2,15 @@
 trains multigrid and keeps its own methods; a runner that cannot be combined
 with multigrid is refused."""
 import pytest
+import reference as ref
 from conftest import toy_config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+from probes import TINY_I3D, read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-import reference as ref
 from mmaction_multigrid import MultiGridRunner
 from mmaction_multigrid.runner import multigrid_runner_class
-from probes import TINY_I3D, read_samples
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 SHORT = (0.5, 0.5**0.5)
@@ -34,11 +34,18 @@ class AuditRunner(Runner):
 
 def config(videos, work_dir):
     """Stock E=2, milestone 1: 3 multigrid epochs on 16 videos."""
-    cfg = toy_config(I3D, videos, work_dir=str(work_dir), max_epochs=2,
-                     milestones=(1, ), multi_grid=dict(),
-                     options=dict(TINY_I3D, **{
-                         'train_cfg.val_interval': 100,
-                         'default_hooks.checkpoint.interval': 100}))
+    cfg = toy_config(
+        I3D,
+        videos,
+        work_dir=str(work_dir),
+        max_epochs=2,
+        milestones=(1, ),
+        multi_grid=dict(),
+        options=dict(
+            TINY_I3D, **{
+                'train_cfg.val_interval': 100,
+                'default_hooks.checkpoint.interval': 100
+            }))
     cfg.custom_imports['imports'].append('probes')
     cfg.custom_hooks.append(dict(type='SampleRecorder'))
     return cfg
@@ -70,8 +77,7 @@ def test_runner_type_kept_and_trained_multigrid(videos, tmp_path):
     assert runner.cfg.train_dataloader.dataset.type == 'MultiGridDataset'
     runner.train()
     assert AuditRunner.calls == ['build_train_loop', 'build_optim_wrapper']
-    got = [(r['epoch'], r['iter'], r['shape'])
-           for r in read_samples(tmp_path)]
+    got = [(r['epoch'], r['iter'], r['shape']) for r in read_samples(tmp_path)]
     assert got == reference_shapes()
     # Called directly, the subclass gets the same class (made once).
     cfg = config(videos, tmp_path / 'direct')

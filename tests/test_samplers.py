@@ -7,13 +7,17 @@ from mmengine.dataset import DefaultSampler
 
 import mmaction_multigrid  # noqa: F401
 from mmaction_multigrid.datasets import ShapedIndex
-from mmaction_multigrid.samplers import ShortCycleBatchSampler
 from mmaction_multigrid.rng import sample_seed
+from mmaction_multigrid.samplers import ShortCycleBatchSampler
 
 # I3D-like: T=32, r=2, S=224, E=100, milestones [40, 80]; stage ends
 # 32 47 61 68 100 115 129 136 150 (reference worked example).
-SCHEDULE = dict(clip_len=32, frame_interval=2, size=[224, 224],
-                max_epochs=100, milestones=[40, 80])
+SCHEDULE = dict(
+    clip_len=32,
+    frame_interval=2,
+    size=[224, 224],
+    max_epochs=100,
+    milestones=[40, 80])
 B = 2
 # epoch -> [(batch size, (clip_len, frame_interval, h, w))] of the short
 # cycle, hand-derived from the reference (base shapes (8,8,158),
@@ -34,8 +38,11 @@ CYCLES = {
 
 def _batch_sampler(n, drop_last=True, seed=0, **schedule):
     sampler = DefaultSampler(list(range(n)), shuffle=True, seed=seed)
-    return ShortCycleBatchSampler(sampler, batch_size=B, drop_last=drop_last,
-                                  schedule=dict(SCHEDULE, **schedule))
+    return ShortCycleBatchSampler(
+        sampler,
+        batch_size=B,
+        drop_last=drop_last,
+        schedule=dict(SCHEDULE, **schedule))
 
 
 def _check_batches(batches, cycle):
@@ -56,9 +63,8 @@ def test_cycle_per_epoch(epoch):
     mean = sum(s for s, _ in cycle) / 3
     assert len(batches) == math.floor(500 / mean) == len(bs)
     _check_batches(batches, cycle)
-    assert [len(b) for b in batches] == [
-        cycle[k % 3][0] for k in range(len(batches))
-    ]
+    assert [len(b) for b in batches
+            ] == [cycle[k % 3][0] for k in range(len(batches))]
 
 
 def test_cycle_restarts_every_epoch():
@@ -66,8 +72,10 @@ def test_cycle_restarts_every_epoch():
     for epoch in (0, 1, 0, 45, 50, 50):
         bs.set_epoch(epoch)
         sizes = [len(b) for b in bs]
-        expected = [s for s, _ in (CYCLES[0] if epoch < 32 else
-                                   CYCLES[40] if epoch < 47 else CYCLES[50])]
+        expected = [
+            s for s, _ in (CYCLES[0] if epoch < 32 else CYCLES[40] if epoch <
+                           47 else CYCLES[50])
+        ]
         assert sizes[:3] == expected
     # Iterating twice in the same epoch restarts too.
     assert [len(b) for b in bs] == [len(b) for b in bs]
@@ -86,9 +94,8 @@ def test_len_matches_iteration(n, drop_last, epoch):
     if drop_last:
         assert len(batches) == math.floor(n / (sum(sizes) / 3))
         # Every batch full, of its cycle size.
-        assert [len(b) for b in batches] == [
-            sizes[k % 3] for k in range(len(batches))
-        ]
+        assert [len(b) for b in batches
+                ] == [sizes[k % 3] for k in range(len(batches))]
     else:
         # Every sample exactly once; only the last batch may be short.
         flat = [i.index for b in batches for i in b]
@@ -112,8 +119,8 @@ def test_shuffled_order_follows_sampler():
 def test_two_ranks(monkeypatch, n, epoch):
     per_rank = []
     for rank in (0, 1):
-        monkeypatch.setattr(sampler_module, 'get_dist_info',
-                            lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(
+            sampler_module, 'get_dist_info', lambda rank=rank: (rank, 2))
         bs = _batch_sampler(n)
         assert bs.sampler.rank == rank and bs.sampler.world_size == 2
         bs.set_epoch(epoch)
@@ -165,14 +172,15 @@ def test_sample_seeds(monkeypatch):
     place 2k + r of 2 ranks; no two samples of the run share one."""
     seeds = {}
     for rank in (0, 1):
-        monkeypatch.setattr(sampler_module, 'get_dist_info',
-                            lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(
+            sampler_module, 'get_dist_info', lambda rank=rank: (rank, 2))
         bs = _batch_sampler(101, seed=5)
         for epoch in (0, 1, 62):
             bs.set_epoch(epoch)
             flat = [i.seed for b in bs for i in b]
-            assert flat == [sample_seed(5, epoch, 2 * k + rank)
-                            for k in range(len(flat))]
+            assert flat == [
+                sample_seed(5, epoch, 2 * k + rank) for k in range(len(flat))
+            ]
             assert flat == [i.seed for b in bs for i in b]  # again: same
             seeds[rank, epoch] = flat
     every = [s for flat in seeds.values() for s in flat]
@@ -184,6 +192,5 @@ def test_sample_seeds(monkeypatch):
 def test_no_sampler_seed_no_sample_seed():
     """A sampler without a seed (a plain torch sampler): samples draw from
     the loading process's streams, as without the plugin."""
-    bs = ShortCycleBatchSampler(range(100), batch_size=B,
-                                schedule=SCHEDULE)
+    bs = ShortCycleBatchSampler(range(100), batch_size=B, schedule=SCHEDULE)
     assert {i.seed for b in bs for i in b} == {None}

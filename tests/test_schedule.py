@@ -20,8 +20,15 @@ SHORT = (0.5, R2)
 # Independent re-derivation of the reference (used here and by
 # test_convert.py). Sizes are (height, width); the square case is H == W.
 # --------------------------------------------------------------------------
-def ref_schedule(T, S, E, milestones, gamma=0.1, long_cycle=True,
-                 short_cycle=True, long_factors=LONG, short_factors=SHORT,
+def ref_schedule(T,
+                 S,
+                 E,
+                 milestones,
+                 gamma=0.1,
+                 long_cycle=True,
+                 short_cycle=True,
+                 long_factors=LONG,
+                 short_factors=SHORT,
                  epoch_factor=1.5):
     """Reference long-cycle schedule.
 
@@ -34,8 +41,11 @@ def ref_schedule(T, S, E, milestones, gamma=0.1, long_cycle=True,
     if not long_cycle:
         ms = [int(m * epoch_factor) for m in milestones]
         points = [0] + ms
-        return dict(max_epochs=int(E * epoch_factor), milestones=ms,
-                    points=points, rel=[gamma**k for k in range(len(points))])
+        return dict(
+            max_epochs=int(E * epoch_factor),
+            milestones=ms,
+            points=points,
+            rel=[gamma**k for k in range(len(points))])
     cost = T * H * W
     all_shapes, avg_b = [], []
     for tf, sf in long_factors:
@@ -68,9 +78,13 @@ def ref_schedule(T, S, E, milestones, gamma=0.1, long_cycle=True,
     rel = [gamma**stage * shape[0] for stage, shape, _ in entries]
     rel = rel[:-1] + [rel[-2], rel[-1]]
     points = [0] + ends[:-1] + [(ends[-2] + ends[-1]) // 2]
-    return dict(ends=ends, bases=[e[1] for e in entries],
-                stages=[e[0] for e in entries], points=points, rel=rel,
-                max_epochs=ends[-1])
+    return dict(
+        ends=ends,
+        bases=[e[1] for e in entries],
+        stages=[e[0] for e in entries],
+        points=points,
+        rel=rel,
+        max_epochs=ends[-1])
 
 
 def ref_rel_lr(points, rel, epoch):
@@ -94,8 +108,13 @@ def _base_at(ends, bases, epoch):
 
 
 def _sched(**kw):
-    args = dict(clip_len=32, frame_interval=2, size=224, max_epochs=100,
-                milestones=[40, 80], batch_size=8)
+    args = dict(
+        clip_len=32,
+        frame_interval=2,
+        size=224,
+        max_epochs=100,
+        milestones=[40, 80],
+        batch_size=8)
     args.update(kw)
     return MultiGridSchedule(**args)
 
@@ -104,9 +123,9 @@ def _sched(**kw):
 # Hand-written worked examples.
 # --------------------------------------------------------------------------
 I3D_ENDS = [32, 47, 61, 68, 100, 115, 129, 136, 150]
-I3D_BASES = [[8, 8, 158], [4, 16, 158], [2, 16, 224], [1, 32, 224]] * 2 + [
-    [1, 32, 224]
-]
+I3D_BASES = [[8, 8, 158], [4, 16, 158], [2, 16, 224], [1, 32, 224]] * 2 + [[
+    1, 32, 224
+]]
 I3D_POINTS = [0, 32, 47, 61, 68, 100, 115, 129, 136, 143]
 I3D_REL = [8, 4, 2, 1, .8, .4, .2, .1, .1, .01]
 SF_ENDS = [76, 114, 147, 164, 212, 237, 258, 268, 302, 319, 334, 342, 384]
@@ -132,13 +151,14 @@ def test_i3d_long_cycle_table():
     assert [s.lr_stage for s in sched.stages] == [0] * 4 + [1] * 4 + [2]
 
 
-@pytest.mark.parametrize('epoch,base', [
-    (0, (8, 8, 158)), (31, (8, 8, 158)), (32, (4, 16, 158)),
-    (46, (4, 16, 158)), (47, (2, 16, 224)), (61, (1, 32, 224)),
-    (67, (1, 32, 224)), (68, (8, 8, 158)), (99, (8, 8, 158)),
-    (100, (4, 16, 158)), (115, (2, 16, 224)), (129, (1, 32, 224)),
-    (136, (1, 32, 224)), (149, (1, 32, 224))
-])
+@pytest.mark.parametrize('epoch,base',
+                         [(0, (8, 8, 158)), (31, (8, 8, 158)),
+                          (32, (4, 16, 158)), (46, (4, 16, 158)),
+                          (47, (2, 16, 224)), (61, (1, 32, 224)),
+                          (67, (1, 32, 224)), (68, (8, 8, 158)),
+                          (99, (8, 8, 158)), (100, (4, 16, 158)),
+                          (115, (2, 16, 224)), (129, (1, 32, 224)),
+                          (136, (1, 32, 224)), (149, (1, 32, 224))])
 def test_i3d_base_shape_per_epoch(epoch, base):
     shape = _sched().base_shape(epoch)
     assert (shape.batch, shape.frames, shape.size) == (base[0], base[1],
@@ -151,11 +171,11 @@ def test_i3d_lr_points():
     assert list(rel) == pytest.approx(I3D_REL)
 
 
-@pytest.mark.parametrize('epoch,factor', [
-    (0, 8), (31.99, 8), (32, 4), (47, 2), (61, 1), (67.5, 1), (68, .8),
-    (100, .4), (115, .2), (129, .1), (136, .1), (142.9, .1), (143, .01),
-    (149.5, .01)
-])
+@pytest.mark.parametrize('epoch,factor', [(0, 8), (31.99, 8), (32, 4), (47, 2),
+                                          (61, 1), (67.5, 1), (68, .8),
+                                          (100, .4), (115, .2), (129, .1),
+                                          (136, .1), (142.9, .1), (143, .01),
+                                          (149.5, .01)])
 def test_i3d_lr_factor(epoch, factor):
     assert _sched().lr_factor(epoch) == pytest.approx(factor)
 
@@ -197,8 +217,11 @@ def test_short_cycle_worked_examples():
 # SlowFast 256 epochs with warm-up.
 # --------------------------------------------------------------------------
 def _slowfast():
-    return _sched(max_epochs=256, milestones=[94, 154, 196],
-                  warmup_epochs=34, warmup_start_factor=0.1)
+    return _sched(
+        max_epochs=256,
+        milestones=[94, 154, 196],
+        warmup_epochs=34,
+        warmup_start_factor=0.1)
 
 
 def test_slowfast_ends_and_lr():
@@ -238,8 +261,8 @@ CASES = [
     (16, 4, (256, 340), 100, [40, 80], 4, {}),
     (32, 2, 224, 100, [40, 80], 8, dict(short_cycle=False)),
     (16, 4, (256, 340), 100, [40, 80], 4, dict(short_cycle=False)),
-    (32, 2, 224, 100, [40, 80], 8,
-     dict(long_cycle_factors=((0.5, R2), (1, 1)))),
+    (32, 2, 224, 100, [40,
+                       80], 8, dict(long_cycle_factors=((0.5, R2), (1, 1)))),
     (16, 2, 224, 120, [50, 100], 2,
      dict(long_cycle_factors=((0.25, R2), (0.5, 1), (1, 1)))),
     (32, 2, 224, 100, [40, 80], 8, dict(epoch_factor=2.0)),
@@ -257,9 +280,14 @@ def _ref_kwargs(kw):
 @pytest.mark.parametrize('T,r,S,E,milestones,B,kw', CASES)
 def test_long_cycle_table(T, r, S, E, milestones, B, kw):
     ref = ref_schedule(T, S, E, milestones, **_ref_kwargs(kw))
-    sched = MultiGridSchedule(clip_len=T, frame_interval=r, size=S,
-                              max_epochs=E, milestones=milestones,
-                              batch_size=B, **kw)
+    sched = MultiGridSchedule(
+        clip_len=T,
+        frame_interval=r,
+        size=S,
+        max_epochs=E,
+        milestones=milestones,
+        batch_size=B,
+        **kw)
     HW = (S, S) if isinstance(S, int) else tuple(S)
     assert sched.max_epochs == ref['max_epochs']
     assert [s.end_epoch for s in sched.stages] == ref['ends']
@@ -290,9 +318,10 @@ def test_long_cycle_table(T, r, S, E, milestones, B, kw):
 def test_non_square_scaled_alike():
     sched = _sched(size=(224, 320))
     assert [s.end_epoch for s in sched.stages] == I3D_ENDS
-    assert [tuple(s.shape.size) for s in sched.stages[:4]] == [
-        (158, 226), (158, 226), (224, 320), (224, 320)
-    ]
+    assert [tuple(s.shape.size) for s in sched.stages[:4]] == [(158, 226),
+                                                               (158, 226),
+                                                               (224, 320),
+                                                               (224, 320)]
     assert [tuple(s.size) for s in sched.batch_shapes(0)] == [(112, 160),
                                                               (158, 226),
                                                               (158, 226)]
@@ -317,8 +346,8 @@ def test_fine_tuning_worked_example():
     sched = _sched(long_cycle_factors=((0.5, R2), (0.5, 1)))
     assert [s.end_epoch for s in sched.stages] == [32, 61, 93, 122, 150]
     assert [(s.shape.batch, s.shape.frames, s.shape.size[0])
-            for s in sched.stages] == [(4, 16, 158), (2, 16, 224)] * 2 + [
-                (2, 16, 224)]
+            for s in sched.stages] == [(4, 16, 158),
+                                       (2, 16, 224)] * 2 + [(2, 16, 224)]
     points, rel = sched.lr_points()
     assert points == [0, 32, 61, 93, 122, 136]
     assert rel == pytest.approx([4, 2, .4, .2, .2, .02])
@@ -326,11 +355,10 @@ def test_fine_tuning_worked_example():
 
 FINE_TUNING_CASES = [
     # T, S, E, milestones, gamma, long_cycle_factors, short_cycle, factor
-    (32, 224, 100, [40, 80], 0.1, ((0.25, R2), (0.5, R2), (0.5, 1)), True,
-     1.5),
+    (32, 224, 100, [40,
+                    80], 0.1, ((0.25, R2), (0.5, R2), (0.5, 1)), True, 1.5),
     (32, 224, 100, [40, 80], 0.1, ((0.5, R2), (1, R2)), True, 1.5),
-    (32, 224, 256, [94, 154, 196], 0.1, ((0.25, 0.5), (0.5, R2)), True,
-     1.5),
+    (32, 224, 256, [94, 154, 196], 0.1, ((0.25, 0.5), (0.5, R2)), True, 1.5),
     (8, 224, 150, [100, 140], 0.5, ((1, R2), ), True, 2.0),
     (16, 256, 120, [50, 100], 0.1, ((1, 1), (0.5, R2)), True, 1.5),
     (32, 224, 100, [40, 80], 0.1, ((0.5, 1), (0.5, R2)), False, 1.5),
@@ -340,19 +368,25 @@ FINE_TUNING_CASES = [
 
 @pytest.mark.parametrize('T,S,E,milestones,gamma,factors,short,epoch_factor',
                          FINE_TUNING_CASES)
-def test_fine_tuning_as_pyslowfast(T, S, E, milestones, gamma, factors,
-                                   short, epoch_factor):
+def test_fine_tuning_as_pyslowfast(T, S, E, milestones, gamma, factors, short,
+                                   epoch_factor):
     final, steps, lrs, max_epoch = reference.pyslowfast_long_cycle(
         T, S, E, milestones, gamma, factors, SHORT, short, epoch_factor)
-    sched = _sched(clip_len=T, size=S, max_epochs=E, milestones=milestones,
-                   gamma=gamma, long_cycle_factors=factors,
-                   short_cycle=short, epoch_factor=epoch_factor)
+    sched = _sched(
+        clip_len=T,
+        size=S,
+        max_epochs=E,
+        milestones=milestones,
+        gamma=gamma,
+        long_cycle_factors=factors,
+        short_cycle=short,
+        epoch_factor=epoch_factor)
     assert sched.max_epochs == max_epoch
-    assert [(s.lr_stage, s.end_epoch) for s in sched.stages] == [
-        (stage, end) for stage, _, end in final]
+    assert [(s.lr_stage, s.end_epoch)
+            for s in sched.stages] == [(stage, end) for stage, _, end in final]
     assert [[s.shape.batch, s.shape.frames, *s.shape.size]
-            for s in sched.stages] == [[b, t, s, s] for _, (b, t, s), _ in
-                                       final]
+            for s in sched.stages] == [[b, t, s, s]
+                                       for _, (b, t, s), _ in final]
     # Not the default shape: the case the fine-tuning rule is about.
     assert final[-1][1] != [1, T, S]
     points, rel = sched.lr_points()
@@ -372,8 +406,8 @@ def test_long_only_no_index_error():
     assert tuple(sched.stages[-1].shape.size) == (224, 224)
     assert sched.stages[-1].shape.batch == 1
     assert [s.batch_size for s in sched.batch_shapes(0)] == [64]
-    assert [s.batch_size for s in sched.batch_shapes(sched.max_epochs - 1)
-            ] == [8]
+    assert [s.batch_size
+            for s in sched.batch_shapes(sched.max_epochs - 1)] == [8]
     ref = ref_schedule(32, 224, 100, [40, 80], short_cycle=False)
     assert sched.max_epochs == ref['max_epochs']
 
@@ -384,8 +418,11 @@ def test_long_only_no_index_error():
                                                  (150, [75, 125], 1.3)])
 def test_short_only(E, milestones, factor):
     B = 8
-    sched = _sched(long_cycle=False, max_epochs=E, milestones=milestones,
-                   epoch_factor=factor)
+    sched = _sched(
+        long_cycle=False,
+        max_epochs=E,
+        milestones=milestones,
+        epoch_factor=factor)
     ms = [int(m * factor) for m in milestones]
     assert sched.max_epochs == int(E * factor)
     points, rel = sched.lr_points()
@@ -393,12 +430,11 @@ def test_short_only(E, milestones, factor):
     assert list(rel) == pytest.approx([0.1**k for k in range(len(ms) + 1)])
     for epoch in range(sched.max_epochs):
         base = sched.base_shape(epoch)
-        assert (base.batch, base.frames, tuple(base.size)) == (1, 32,
-                                                               (224, 224))
+        assert (base.batch, base.frames, tuple(base.size)) == (1, 32, (224,
+                                                                       224))
         shapes = sched.batch_shapes(epoch)
         assert [s.batch_size for s in shapes] == [B * 4, B * 2, B]
-        assert [s.size for s in shapes] == [(112, 112), (158, 158),
-                                            (224, 224)]
+        assert [s.size for s in shapes] == [(112, 112), (158, 158), (224, 224)]
         assert all((s.clip_len, s.frame_interval) == (32, 2) for s in shapes)
         k = sum(m <= epoch for m in ms)
         assert sched.lr_factor(epoch) == pytest.approx(0.1**k)
@@ -416,11 +452,11 @@ def test_num_batches_drop_last(epoch, n):
 
 
 @pytest.mark.parametrize('kw,key', [
-    (dict(clip_len=2, long_cycle_factors=((0.1, 1), (1, 1))),
-     'long_cycle_factors'),
+    (dict(clip_len=2, long_cycle_factors=((0.1, 1),
+                                          (1, 1))), 'long_cycle_factors'),
     (dict(size=2, short_cycle_factors=(0.2, 0.5)), 'short_cycle_factors'),
-    (dict(size=2, long_cycle_factors=((1, 0.2), (1, 1))),
-     'long_cycle_factors'),
+    (dict(size=2, long_cycle_factors=((1, 0.2),
+                                      (1, 1))), 'long_cycle_factors'),
     (dict(milestones=[]), 'milestone'),
     (dict(long_cycle=False, short_cycle=False), 'long_cycle'),
 ])

@@ -11,16 +11,24 @@ import mmaction_multigrid  # noqa: F401
 from mmaction_multigrid.schedulers import MultiGridLR, fractional_epoch
 
 BASE_LR = 0.1
-I3D = dict(clip_len=32, frame_interval=2, size=[224, 224], max_epochs=100,
-           milestones=[40, 80])
-SLOWFAST = dict(clip_len=32, frame_interval=2, size=[224, 224],
-                max_epochs=256, milestones=[94, 154, 196], warmup_epochs=34,
-                warmup_start_factor=0.1)
+I3D = dict(
+    clip_len=32,
+    frame_interval=2,
+    size=[224, 224],
+    max_epochs=100,
+    milestones=[40, 80])
+SLOWFAST = dict(
+    clip_len=32,
+    frame_interval=2,
+    size=[224, 224],
+    max_epochs=256,
+    milestones=[94, 154, 196],
+    warmup_epochs=34,
+    warmup_start_factor=0.1)
 # Reference worked examples: LR change points and relative LRs.
 I3D_POINTS = [0, 32, 47, 61, 68, 100, 115, 129, 136, 143]
 I3D_REL = [8, 4, 2, 1, .8, .4, .2, .1, .1, .01]
-SF_POINTS = [0, 76, 114, 147, 164, 212, 237, 258, 268, 302, 319, 334, 342,
-             363]
+SF_POINTS = [0, 76, 114, 147, 164, 212, 237, 258, 268, 302, 319, 334, 342, 363]
 SF_REL = [8, 4, 2, 1, .8, .4, .2, .1, .08, .04, .02, .01, .01, .001]
 
 
@@ -35,20 +43,26 @@ def _ref_factor(points, rel, epoch, warmup=0, start=0.1):
     return step(epoch)
 
 
-@pytest.mark.parametrize('step,lengths,expected', [
-    (0, [4, 2], 0.0), (1, [4, 2], 0.25), (3, [4, 2], 0.75), (4, [4, 2], 1.0),
-    (5, [4, 2], 1.5), (6, [4, 2], 2.0), (60, [4, 2], 2.0),
-    (0, [1, 1, 1], 0.0), (2, [1, 1, 1], 2.0), (7, [3, 5, 2], 1.8),
-    (8, [3, 5, 2], 2.0), (9, [3, 5, 2], 2.5)
-])
+@pytest.mark.parametrize('step,lengths,expected', [(0, [4, 2], 0.0),
+                                                   (1, [4, 2], 0.25),
+                                                   (3, [4, 2], 0.75),
+                                                   (4, [4, 2], 1.0),
+                                                   (5, [4, 2], 1.5),
+                                                   (6, [4, 2], 2.0),
+                                                   (60, [4, 2], 2.0),
+                                                   (0, [1, 1, 1], 0.0),
+                                                   (2, [1, 1, 1], 2.0),
+                                                   (7, [3, 5, 2], 1.8),
+                                                   (8, [3, 5, 2], 2.0),
+                                                   (9, [3, 5, 2], 2.5)])
 def test_fractional_epoch(step, lengths, expected):
     assert fractional_epoch(step, lengths) == pytest.approx(expected)
 
 
 def _optim():
     model = torch.nn.Linear(2, 1)
-    return OptimWrapper(torch.optim.SGD(model.parameters(), lr=BASE_LR,
-                                        momentum=0.9))
+    return OptimWrapper(
+        torch.optim.SGD(model.parameters(), lr=BASE_LR, momentum=0.9))
 
 
 def _lengths(num_epochs):
@@ -76,7 +90,9 @@ def test_lr_every_iteration(schedule, points, rel, warmup):
     max_epochs = 150 if schedule is I3D else 384
     lengths = _lengths(max_epochs)
     optim = _optim()
-    sched = MultiGridLR(optim, schedule=copy.deepcopy(schedule),
+    sched = MultiGridLR(
+        optim,
+        schedule=copy.deepcopy(schedule),
         epoch_of_step=_epochs(lengths))
     lrs = _run(sched, optim, sum(lengths))
     k = 0
@@ -91,7 +107,9 @@ def test_lr_every_iteration(schedule, points, rel, warmup):
 def test_warmup_is_per_iteration_and_steps_at_epoch_boundaries():
     lengths = _lengths(384)
     optim = _optim()
-    sched = MultiGridLR(optim, schedule=copy.deepcopy(SLOWFAST),
+    sched = MultiGridLR(
+        optim,
+        schedule=copy.deepcopy(SLOWFAST),
         epoch_of_step=_epochs(lengths))
     lrs = _run(sched, optim, sum(lengths))
     starts = [sum(lengths[:e]) for e in range(len(lengths))]
@@ -116,13 +134,17 @@ def test_state_dict_and_resume():
     early = 7  # inside the warm-up
 
     ref_optim = _optim()
-    ref = MultiGridLR(ref_optim, schedule=copy.deepcopy(SLOWFAST),
+    ref = MultiGridLR(
+        ref_optim,
+        schedule=copy.deepcopy(SLOWFAST),
         epoch_of_step=_epochs(lengths))
     ref_lrs = _run(ref, ref_optim, total)
 
     for stop in (early, half):
         optim = _optim()
-        sched = MultiGridLR(optim, schedule=copy.deepcopy(SLOWFAST),
+        sched = MultiGridLR(
+            optim,
+            schedule=copy.deepcopy(SLOWFAST),
             epoch_of_step=_epochs(lengths))
         first = _run(sched, optim, stop)
         state = sched.state_dict()
@@ -133,8 +155,10 @@ def test_state_dict_and_resume():
         # Resume in the Runner's order: build optimizer and scheduler, then
         # load the optimizer state and the scheduler state.
         new_optim = _optim()
-        new = MultiGridLR(new_optim, schedule=copy.deepcopy(SLOWFAST),
-                          epoch_of_step=_epochs(lengths))
+        new = MultiGridLR(
+            new_optim,
+            schedule=copy.deepcopy(SLOWFAST),
+            epoch_of_step=_epochs(lengths))
         new_optim.load_state_dict(optim_state)
         new.load_state_dict(state)
         rest = _run(new, new_optim, total - stop)
@@ -144,11 +168,17 @@ def test_state_dict_and_resume():
 def test_needs_begin_zero_and_iteration_based():
     epochs = _epochs([1] * 150)
     with pytest.raises(ValueError):
-        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D), begin=5,
-                    epoch_of_step=epochs)
+        MultiGridLR(
+            _optim(),
+            schedule=copy.deepcopy(I3D),
+            begin=5,
+            epoch_of_step=epochs)
     with pytest.raises(ValueError):
-        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D), by_epoch=True,
-                    epoch_of_step=epochs)
+        MultiGridLR(
+            _optim(),
+            schedule=copy.deepcopy(I3D),
+            by_epoch=True,
+            epoch_of_step=epochs)
 
 
 def test_needs_the_epoch_mapping():

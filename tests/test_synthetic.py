@@ -54,8 +54,7 @@ def test_info_and_annotations(video_set, frame_set):
     for info, fmt, sub in ((video_set, 'video', 'videos'),
                            (frame_set, 'rawframes', 'rawframes')):
         assert set(info) == {
-            'root', 'train_ann', 'val_ann', 'data_prefix', 'fmt',
-            'num_classes'
+            'root', 'train_ann', 'val_ann', 'data_prefix', 'fmt', 'num_classes'
         }
         assert info['fmt'] == fmt and info['num_classes'] == NUM_CLASSES
         assert info['data_prefix'] == osp.join(info['root'], sub)
@@ -94,8 +93,10 @@ def test_rawframes_match_annotation(frame_set):
 
 
 def _pipeline(rawframes):
-    decode = [dict(type='RawFrameDecode')] if rawframes else [
-        dict(type='DecordInit'), dict(type='DecordDecode')]
+    decode = [
+        dict(type='RawFrameDecode')
+    ] if rawframes else [dict(
+        type='DecordInit'), dict(type='DecordDecode')]
     return [
         *decode[:-1],
         dict(type='SampleFrames', clip_len=8, frame_interval=2, num_clips=1),
@@ -170,9 +171,7 @@ def test_class_is_in_motion_not_appearance(video_set):
         # each class (mean colour of frame 0 and colour of the shape).
         first = np.stack([frame for _, frame in clips])
         assert first.reshape(len(clips), -1, 3).mean(1).std(0).max() > 1
-        shape_colours = [
-            frame[frame.max(-1) > 200].mean(0) for frame in first
-        ]
+        shape_colours = [frame[frame.max(-1) > 200].mean(0) for frame in first]
         assert np.ptp(np.stack(shape_colours), axis=0).max() > 20
 
 
@@ -197,14 +196,14 @@ def test_deterministic(tmp_path):
 
 
 def test_corrupt_entries(video_set, frame_set):
-    bad = [l for l in _read_ann(video_set['train_ann']) if 'corrupt' in l[0]]
+    bad = [e for e in _read_ann(video_set['train_ann']) if 'corrupt' in e[0]]
     assert len(bad) == 2
     for name, label in bad:
         assert 0 <= int(label) < NUM_CLASSES
         with pytest.raises(Exception):
             decord.VideoReader(osp.join(video_set['data_prefix'], name))
 
-    bad = [l for l in _read_ann(frame_set['train_ann']) if 'corrupt' in l[0]]
+    bad = [e for e in _read_ann(frame_set['train_ann']) if 'corrupt' in e[0]]
     assert len(bad) == 1
     name, total, _ = bad[0]
     folder = osp.join(frame_set['data_prefix'], name)

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import reference as ref
 from conftest import TESTS, TOOLS, toy_config
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-import reference as ref
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 
@@ -39,23 +39,29 @@ STOCK_CASES = [
     pytest.param(I3D, dict(clip_len=32), id='i3d'),
     pytest.param(
         'slowfast/slowfast_r50_8xb8-8x8x1-steplr-256e_kinetics400-rgb.py',
-        dict(clip_len=32, warmup=1), id='slowfast-steplr-warmup'),
+        dict(clip_len=32, warmup=1),
+        id='slowfast-steplr-warmup'),
     pytest.param(
         'slowonly/slowonly_imagenet-pretrained-r50_8xb16-8x8x1-steplr-150e_'
-        'kinetics400-rgb.py', dict(clip_len=8, interval=4, warmup=1),
+        'kinetics400-rgb.py',
+        dict(clip_len=8, interval=4, warmup=1),
         id='slowonly-steplr'),
     pytest.param(
         'csn/ircsn_ig65m-pretrained-r50-bnfrozen_8xb12-32x2x1-58e_'
-        'kinetics400-rgb.py', dict(clip_len=32), id='csn'),
+        'kinetics400-rgb.py',
+        dict(clip_len=32),
+        id='csn'),
     # TPN's auxiliary head has BN on 1x1x1 features: it needs 2+ clips per
     # BN group, like the stock config does at batch size 1.
     pytest.param(
         'tpn/tpn-slowonly_imagenet-pretrained-r50_8xb8-8x8x1-150e_'
-        'kinetics400-rgb.py', dict(clip_len=8, interval=4, batch_size=2),
+        'kinetics400-rgb.py',
+        dict(clip_len=8, interval=4, batch_size=2),
         id='tpn'),
     pytest.param(
         'c2d/c2d_r50-in1k-pre_8xb32-8x8x1-100e_kinetics400-rgb.py',
-        dict(clip_len=8, interval=4), id='c2d'),
+        dict(clip_len=8, interval=4),
+        id='c2d'),
 ]
 
 
@@ -63,11 +69,16 @@ STOCK_CASES = [
 def test_stock_config_follows_reference(stock, kw, request, tmp_path):
     batch = kw.get('batch_size', 1)
     data = request.getfixturevalue('videos32' if batch > 1 else 'videos')
-    cfg = toy_config(stock, data, work_dir=str(tmp_path), multi_grid={},
-                     **kw)
+    cfg = toy_config(stock, data, work_dir=str(tmp_path), multi_grid={}, **kw)
     runner = train(cfg)
-    want = ref.expected_run(16 * batch, kw['clip_len'], 32, batch, 4, [2, 3],
-                        0.001, warmup=kw.get('warmup', 0))
+    want = ref.expected_run(
+        16 * batch,
+        kw['clip_len'],
+        32,
+        batch,
+        4, [2, 3],
+        0.001,
+        warmup=kw.get('warmup', 0))
     assert_matches(recorded(tmp_path), want)
     assert runner.max_epochs == want[-1][0] + 1 == runner.epoch
     assert runner.iter == runner.max_iters == len(want)
@@ -78,15 +89,23 @@ def test_stock_config_follows_reference(stock, kw, request, tmp_path):
     (False, True, 'rawframes'),
     (True, True, 'rawframes'),
 ])
-def test_modes_and_rawframes(long_cycle, short_cycle, data, request,
-                             tmp_path):
-    cfg = toy_config(I3D, request.getfixturevalue(data),
-                     work_dir=str(tmp_path), max_epochs=4,
-                     multi_grid=dict(long_cycle=long_cycle,
-                                     short_cycle=short_cycle))
+def test_modes_and_rawframes(long_cycle, short_cycle, data, request, tmp_path):
+    cfg = toy_config(
+        I3D,
+        request.getfixturevalue(data),
+        work_dir=str(tmp_path),
+        max_epochs=4,
+        multi_grid=dict(long_cycle=long_cycle, short_cycle=short_cycle))
     train(cfg)
-    want = ref.expected_run(16, 32, 32, 1, 4, [2, 3], 0.001,
-                        long_on=long_cycle, short_on=short_cycle)
+    want = ref.expected_run(
+        16,
+        32,
+        32,
+        1,
+        4, [2, 3],
+        0.001,
+        long_on=long_cycle,
+        short_on=short_cycle)
     assert_matches(recorded(tmp_path), want)
 
 
@@ -104,17 +123,28 @@ def test_config_without_multi_grid_trains_as_stock(videos, tmp_path):
 
 def test_tools_train_uses_converted_config(videos, tmp_path):
     """`python tools/train.py CONFIG`, unchanged, as a user runs it."""
-    cfg = toy_config(I3D, videos, multi_grid=dict(short_cycle=False),
-                     max_epochs=3, milestones=(2, ))
+    cfg = toy_config(
+        I3D,
+        videos,
+        multi_grid=dict(short_cycle=False),
+        max_epochs=3,
+        milestones=(2, ))
     path = tmp_path / 'i3d_multigrid.py'
     cfg.dump(str(path))
     work = tmp_path / 'work'
-    env = dict(os.environ, PYTHONPATH=TESTS + os.pathsep +
-               os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run(
-        [sys.executable, osp.join(TOOLS, 'train.py'), str(path),
-         '--work-dir', str(work)], env=env, capture_output=True, text=True,
-        timeout=600)
+    env = dict(
+        os.environ,
+        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([
+        sys.executable,
+        osp.join(TOOLS, 'train.py'),
+        str(path), '--work-dir',
+        str(work)
+    ],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = ref.expected_run(16, 32, 32, 1, 3, [2], 0.001, short_on=False)
     assert_matches(recorded(work), want)
@@ -129,15 +159,14 @@ def test_tools_train_uses_converted_config(videos, tmp_path):
     ('c3d/c3d_sports1m-pretrained_8xb30-16x1x1-45e_ucf101-rgb.py',
      dict(clip_len=16, size=112, short_side=128), 'C3D'),
     ('timesformer/timesformer_divST_8xb8-8x32x1-15e_kinetics400-rgb.py',
-     dict(clip_len=8, interval=4, size=224, short_side=256),
-     'TimeSformer'),
+     dict(clip_len=8, interval=4, size=224, short_side=256), 'TimeSformer'),
     ('slowfast/slowfast_r50_8xb8-4x16x1-256e_kinetics400-rgb.py',
      dict(clip_len=16, interval=1), 'ResNet3dSlowFast'),
 ])
 def test_fixed_shape_models_fail_before_training(stock, kw, message, videos,
-                                                  tmp_path):
-    cfg = toy_config(stock, videos, work_dir=str(tmp_path), multi_grid={},
-                     **kw)
+                                                 tmp_path):
+    cfg = toy_config(
+        stock, videos, work_dir=str(tmp_path), multi_grid={}, **kw)
     if 'pretrained' in cfg.model.backbone:
         cfg.model.backbone.pretrained = None
     runner = Runner.from_cfg(cfg)
@@ -152,7 +181,10 @@ def test_fixed_shape_models_fail_before_training(stock, kw, message, videos,
 def test_2d_recogniser_is_refused_before_building(videos, tmp_path):
     cfg = toy_config(
         'tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x3-100e_kinetics400-rgb.py',
-        videos, work_dir=str(tmp_path), multi_grid={}, clip_len=1)
+        videos,
+        work_dir=str(tmp_path),
+        multi_grid={},
+        clip_len=1)
     with pytest.raises(ValueError, match='2D|3D recogniser'):
         Runner.from_cfg(cfg)
 
@@ -183,24 +215,27 @@ train_dataloader = dict(dataset=dict(
 
 def test_seed_tutorial_config_on_rawframes(rawframes, tmp_path):
     """The 0.x tutorial's four steps, followed literally, still train."""
-    base = toy_config(I3D, rawframes, max_epochs=3, milestones=(2, ),
-                      work_dir=str(tmp_path / 'work'))
+    base = toy_config(
+        I3D,
+        rawframes,
+        max_epochs=3,
+        milestones=(2, ),
+        work_dir=str(tmp_path / 'work'))
     base.pop('multi_grid', None)
     base.dump(str(tmp_path / 'base.py'))
-    (tmp_path / 'tutorial.py').write_text(
-        TUTORIAL.format(base=tmp_path / 'base.py'))
+    (tmp_path /
+     'tutorial.py').write_text(TUTORIAL.format(base=tmp_path / 'base.py'))
     from mmengine.config import Config
     cfg = Config.fromfile(str(tmp_path / 'tutorial.py'))
     runner = train(cfg)
     got = recorded(tmp_path / 'work')
-    sched = ref.long_cycle(32, (32, 32), 3, [2], LONG, (0.5, 0.7071), True,
+    sched = ref.long_cycle(32, (32, 32), 3, [2], ref.LONG, (0.5, 0.7071), True,
                            1.5)
     assert runner.max_epochs == sched[-1][2] == got[-1][0] + 1
     assert {g[2][2] for g in got} == {8, 16, 32}
     assert all(g[2][1:] in ([3, 8, 16, 16], [3, 8, 23, 23], [3, 16, 16, 16],
-                            [3, 16, 23, 23], [3, 16, 32, 32],
-                            [3, 32, 16, 16], [3, 32, 23, 23],
-                            [3, 32, 32, 32]) for g in got)
+                            [3, 16, 23, 23], [3, 16, 32, 32], [3, 32, 16, 16],
+                            [3, 32, 23, 23], [3, 32, 32, 32]) for g in got)
 
 
 def test_explicit_runner_type_and_pure_conversion(videos, tmp_path):
@@ -215,6 +250,8 @@ def test_explicit_runner_type_and_pure_conversion(videos, tmp_path):
     assert runner.cfg.train_dataloader.dataset.type == 'MultiGridDataset'
     converted = convert_config(cfg)
     assert converted.param_scheduler == [
-        dict(type='MultiGridLR', schedule=converted.train_dataloader.
-             batch_sampler.schedule)]
+        dict(
+            type='MultiGridLR',
+            schedule=converted.train_dataloader.batch_sampler.schedule)
+    ]
     assert cfg.train_dataloader.dataset.type == 'VideoDataset'

@@ -60,10 +60,12 @@ def test_random_interval_rejects_a_bad_range():
 
 def stock_pipeline(fmt: str) -> list:
     """16 x 2 clips, Resize(-1, 48), 40 crops; rawframe decode at 1."""
-    sampler = dict(type='SampleFrames', clip_len=16, frame_interval=2,
-                   num_clips=1)
-    spatial = [dict(type='Resize', scale=(-1, 48)),
-               dict(type='CenterCrop', crop_size=40)]
+    sampler = dict(
+        type='SampleFrames', clip_len=16, frame_interval=2, num_clips=1)
+    spatial = [
+        dict(type='Resize', scale=(-1, 48)),
+        dict(type='CenterCrop', crop_size=40)
+    ]
     if fmt == 'video':
         return [dict(type='DecordInit'), sampler,
                 dict(type='DecordDecode')] + spatial
@@ -88,8 +90,7 @@ def test_dataset_draws_intervals_per_clip(videos, mode, expected):
     interval 8 with 'span', at every interval of [2, 8] with 'random'; the
     stock shape keeps interval 2 either way."""
     dataset = MultiGridDataset(
-        dataset_cfg(videos, stock_pipeline('video')),
-        temporal_sampling=mode)
+        dataset_cfg(videos, stock_pipeline('video')), temporal_sampling=mode)
     np.random.seed(0)
     seen = set()
     for k in range(60):
@@ -117,14 +118,22 @@ def test_reduction_factor_never_upsamples(tmp_path, size):
     makes it) is at least the target in both sides."""
     path = str(tmp_path / 'x.jpg')
     cv2.imwrite(path, np.zeros(size + (3, ), np.uint8))
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-             4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
-    decoded = {f: cv2.imread(path, flag).shape[:2]
-               for f, flag in flags.items()}
+    flags = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8
+    }
+    decoded = {
+        f: cv2.imread(path, flag).shape[:2]
+        for f, flag in flags.items()
+    }
     for target_h in range(1, size[0] + 1, 7):
         target = (target_h, int(round(target_h * size[1] / size[0])))
-        fits = [f for f, (h, w) in decoded.items()
-                if h >= target[0] and w >= target[1]]
+        fits = [
+            f for f, (h, w) in decoded.items()
+            if h >= target[0] and w >= target[1]
+        ]
         assert reduction_factor(size, target) == max(fits)
 
 
@@ -140,10 +149,13 @@ def test_reduced_decode_matches_the_stock_frames(rawframes):
     assert rewritten[1]['type'] == 'ReducedRawFrameDecode'
     assert reduced_decode(stock)[1]['type'] == 'ReducedRawFrameDecode'
     cfg = dataset_cfg(rawframes, stock)
-    info = dict(frame_dir=osp.join(cfg['data_prefix']['img'], 'train',
-                                   '01_000'), total_frames=40,
-                filename_tmpl=cfg['filename_tmpl'], modality='RGB',
-                start_index=1, offset=0)
+    info = dict(
+        frame_dir=osp.join(cfg['data_prefix']['img'], 'train', '01_000'),
+        total_frames=40,
+        filename_tmpl=cfg['filename_tmpl'],
+        modality='RGB',
+        start_index=1,
+        offset=0)
     outputs = {}
     for name, pipeline in (('stock', small), ('reduced', rewritten)):
         np.random.seed(0)
@@ -153,8 +165,8 @@ def test_reduced_decode_matches_the_stock_frames(rawframes):
         outputs[name] = np.stack(Compose(transforms[2:])(results)['imgs'])
     assert outputs['stock_decoded'] == (48, 64)
     assert outputs['reduced_decoded'] == (24, 32)  # half, = the resize
-    assert outputs['stock'].shape == outputs['reduced'].shape == (16, 20,
-                                                                  20, 3)
+    assert outputs['stock'].shape == outputs['reduced'].shape == (16, 20, 20,
+                                                                  3)
     diff = outputs['stock'].astype(float) - outputs['reduced']
     psnr = 10 * np.log10(255**2 / (diff**2).mean())
     assert psnr > 30, psnr
@@ -166,10 +178,14 @@ def test_reduced_decode_keeps_full_size_when_the_resize_barely_shrinks(
     pipeline[2] = dict(type='Resize', scale=(-1, 25))  # > 48 / 2
     transforms = [TRANSFORMS.build(t) for t in reduced_decode(pipeline)]
     cfg = dataset_cfg(rawframes, pipeline)
-    results = Compose(transforms[:2])(dict(
-        frame_dir=osp.join(cfg['data_prefix']['img'], 'train', '00_000'),
-        total_frames=40, filename_tmpl=cfg['filename_tmpl'],
-        modality='RGB', start_index=1, offset=0))
+    results = Compose(transforms[:2])(
+        dict(
+            frame_dir=osp.join(cfg['data_prefix']['img'], 'train', '00_000'),
+            total_frames=40,
+            filename_tmpl=cfg['filename_tmpl'],
+            modality='RGB',
+            start_index=1,
+            offset=0))
     assert results['img_shape'] == (48, 64)
 
 
@@ -185,9 +201,12 @@ def test_data_path_options_reach_the_dataset(videos):
     """The converted config hands the options to MultiGridDataset."""
     cfg = dict(
         multi_grid=dict(temporal_sampling='random', reduced_decode=False),
-        train_dataloader=dict(batch_size=2, dataset=dataset_cfg(
-            videos, stock_pipeline('video') + [
-                dict(type='FormatShape', input_format='NCTHW')])),
+        train_dataloader=dict(
+            batch_size=2,
+            dataset=dataset_cfg(
+                videos,
+                stock_pipeline('video') +
+                [dict(type='FormatShape', input_format='NCTHW')])),
         train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=10),
         param_scheduler=[dict(type='MultiStepLR', milestones=[4, 8])])
     dataset = convert_config(cfg)['train_dataloader']['dataset']

@@ -4,7 +4,8 @@
 # work_dirs/demo/data and trains this config; afterwards
 # `python tools/train.py configs/demo_multigrid.py` trains it the same way.
 # Without `multi_grid` (and `custom_imports`) it is a plain stepwise config.
-custom_imports = dict(imports=['mmaction_multigrid'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['mmaction_multigrid'], allow_failed_imports=False)
 # bn_base_size=None: plain BN over the whole multigrid batch. At this toy
 # input size the smallest shapes (4x32x32) end in 1x1 feature maps, where
 # sub-batch BN groups of 4 clips (the default) see 16 values per channel:
