@@ -10,8 +10,9 @@ by default, which is plain BN at the stock batch; ``--plain-bn`` for plain
 BN throughout), then adds them up over both schedules for a data set of
 ``--samples`` clips per GPU. The ratio is the speedup the hardware
 realises from the schedule's compute saving, whose ceiling (1 / compute
-ratio, counting ``frames*height*width`` per clip) it prints beside it. On a GPU it shows
-whether small shapes keep the device busy; data loading is left out (see
+ratio, counting ``frames*height*width`` per clip) it prints beside it. On
+a GPU it shows whether small shapes keep the device busy; data loading is
+left out (see
 bench_train.py and bench_data.py for that).
 
     python benchmarks/bench_shapes.py [--stock-batch 8] [--amp]
