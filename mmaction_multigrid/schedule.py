@@ -3,7 +3,7 @@
 Pure Python (no torch, no mmengine) so that it can be tested on its own and
 used by ``python -m mmaction_multigrid plan`` without building anything. The
 numbers follow Wu et al., "A Multigrid Method for Efficiently Training Video
-Models" (CVPR 2020) as defined in ``shared/multigrid-reference.md``.
+Models" (CVPR 2020) and its authors' PySlowFast (see ``docs/method.md``).
 """
 import bisect
 import math

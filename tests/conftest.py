@@ -2,6 +2,7 @@
 them (same structure, small inputs, short schedules)."""
 import os
 import os.path as osp
+import subprocess
 import sys
 
 import mmaction
@@ -175,3 +176,26 @@ def toy_config(stock: str,
     cfg.custom_hooks = list(cfg.get('custom_hooks')
                             or []) + [dict(type='InputRecorder')]
     return cfg
+
+
+def train_with_tools(cfg, tmp_path, name='config.py', timeout=900):
+    """``python tools/train.py CONFIG`` in a fresh process, the config
+    written as ``tmp_path/name``; returns the work dir."""
+    path = tmp_path / name
+    cfg.dump(str(path))
+    work = tmp_path / 'work'
+    env = dict(
+        os.environ,
+        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([
+        sys.executable,
+        osp.join(TOOLS, 'train.py'),
+        str(path), '--work-dir',
+        str(work)
+    ],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work

@@ -1,5 +1,5 @@
 """An independent transcription of the reference multigrid semantics
-(shared/multigrid-reference.md), used by the tests as the oracle.
+(docs/method.md, PySlowFast), used by the tests as the oracle.
 
 Written from the reference's formulas, separately from the package's code.
 :func:`pyslowfast_long_cycle` transcribes PySlowFast's own loop line by line.

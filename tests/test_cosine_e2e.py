@@ -4,14 +4,11 @@ iteration's input shape and LR, recorded from what the model receives,
 follow the documented non-step rule (docs/schedules.md) as transcribed
 independently in ``tests/reference.py``."""
 import json
-import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import reference as ref
-from conftest import TESTS, TOOLS, toy_config
+from conftest import toy_config, train_with_tools
 
 LONG = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1))
 SHORT = (0.5, 0.5**0.5)
@@ -69,28 +66,6 @@ def assert_follows(got, want):
     for g, w in zip(got, want):
         assert g[3] == pytest.approx(w[3] * base, rel=1e-6, abs=1e-15), (g, w)
     return base
-
-
-def train_with_tools(cfg, tmp_path):
-    """``python tools/train.py CONFIG`` in a fresh process."""
-    path = tmp_path / 'config.py'
-    cfg.dump(str(path))
-    work = tmp_path / 'work'
-    env = dict(
-        os.environ,
-        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([
-        sys.executable,
-        osp.join(TOOLS, 'train.py'),
-        str(path), '--work-dir',
-        str(work)
-    ],
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work
 
 
 SLOWFAST = [

@@ -1,7 +1,7 @@
 """Tests of MultiGridSchedule against the reference numbers.
 
 Expected values are either hand-written from the worked examples of
-``shared/multigrid-reference.md`` or re-derived here, independently of the
+``docs/method.md`` or re-derived here, independently of the
 package, from the reference formulas (:func:`ref_schedule`).
 """
 import math

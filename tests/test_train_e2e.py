@@ -2,14 +2,11 @@
 real Runner on generated videos/rawframes, and what the model receives (clip
 shape, batch size, LR, epochs) matches the reference semantics."""
 import json
-import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 import reference as ref
-from conftest import TESTS, TOOLS, toy_config
+from conftest import toy_config, train_with_tools
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
@@ -129,23 +126,8 @@ def test_tools_train_uses_converted_config(videos, tmp_path):
         multi_grid=dict(short_cycle=False),
         max_epochs=3,
         milestones=(2, ))
-    path = tmp_path / 'i3d_multigrid.py'
-    cfg.dump(str(path))
-    work = tmp_path / 'work'
-    env = dict(
-        os.environ,
-        PYTHONPATH=TESTS + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    proc = subprocess.run([
-        sys.executable,
-        osp.join(TOOLS, 'train.py'),
-        str(path), '--work-dir',
-        str(work)
-    ],
-                          env=env,
-                          capture_output=True,
-                          text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    work = train_with_tools(
+        cfg, tmp_path, name='i3d_multigrid.py', timeout=600)
     want = ref.expected_run(16, 32, 32, 1, 3, [2], 0.001, short_on=False)
     assert_matches(recorded(work), want)
     dumped = (work / 'i3d_multigrid.py').read_text()
