@@ -11,6 +11,7 @@ import os
 import os.path as osp
 import sys
 import time
+from itertools import accumulate
 from typing import List, Optional, Sequence
 
 from mmengine.config import Config, DictAction
@@ -92,7 +93,8 @@ def lr_rule_text(schedule: MultiGridSchedule) -> str:
 
 def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
               title: str) -> None:
-    """Plot clip shape and LR per epoch, multigrid against stock, to a PNG.
+    """Plot clip shape, LR and cumulative compute per epoch, multigrid
+    against stock, to a PNG.
 
     Args:
         schedule: The multigrid schedule.
@@ -110,10 +112,10 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     side = 'crop size' if schedule.size[0] == schedule.size[1] else (
         'crop height')
 
-    fig = Figure(figsize=(10, 9), layout='constrained')
+    fig = Figure(figsize=(10, 11), layout='constrained')
     FigureCanvasAgg(fig)
-    ax_t, ax_s, ax_lr = fig.subplots(
-        3, 1, sharex=True, gridspec_kw=dict(height_ratios=(1, 1, 1.4)))
+    ax_t, ax_s, ax_lr, ax_c = fig.subplots(
+        4, 1, sharex=True, gridspec_kw=dict(height_ratios=(1, 1, 1.4, 1.2)))
     ax_t.step(
         epochs, [s[-1].clip_len for s in shapes],
         where='post',
@@ -166,9 +168,13 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     if schedule.lr_terms is not None:
         ax_lr.set_title(lr_rule_text(schedule), fontsize=8, wrap=True)
     ax_lr.set_ylabel('learning rate')
-    ax_lr.set_xlabel('epoch')
-    for ax in (ax_t, ax_s, ax_lr):
-        ax.legend(loc='lower left', fontsize=8)
+    done = list(accumulate(schedule.epoch_compute(e) for e in range(end)))
+    ax_c.plot(epochs, [0.0] + done, color='C2', lw=2, label='multigrid')
+    ax_c.plot([0, stock_end], [0, stock_end], '--', color='C7', label='stock')
+    ax_c.set_ylabel('cumulative compute\n(stock epochs)')
+    ax_c.set_xlabel('epoch')
+    for ax in (ax_t, ax_s, ax_lr, ax_c):
+        ax.legend(loc='upper left' if ax is ax_c else 'lower left', fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_xlim(0, end)
     fig.suptitle(title)

@@ -535,24 +535,35 @@ class MultiGridSchedule:
             factor *= self.lr_scale(epoch) / self.base_shape(int(epoch)).batch
         return factor
 
+    def epoch_compute(self, epoch: int) -> float:
+        """Compute of ``epoch`` relative to a stock epoch.
+
+        Per-clip cost is taken as proportional to ``frames*height*width``;
+        every epoch sees every sample once, and the short cycle's batches
+        come in equal numbers of iterations.
+
+        Args:
+            epoch: 0-based multigrid epoch.
+
+        Returns:
+            float: The epoch's compute / a stock epoch's.
+        """
+        default = self.clip_len * self.size[0] * self.size[1]
+        shapes = self.batch_shapes(epoch)
+        clips = sum(s.batch_size for s in shapes)
+        voxels = sum(s.batch_size * s.clip_len * s.size[0] * s.size[1]
+                     for s in shapes)
+        return voxels / clips / default
+
     def compute_ratio(self) -> float:
         """Compute of the multigrid run relative to the stock run.
 
-        Per-clip cost is taken as proportional to ``frames*height*width``;
-        both runs see every sample once per epoch.
-
         Returns:
-            float: multigrid compute / stock compute.
+            float: multigrid compute / stock compute (see
+            :meth:`epoch_compute`).
         """
-        default = self.clip_len * self.size[0] * self.size[1]
-        total = 0.0
-        for epoch in range(self.max_epochs):
-            shapes = self.batch_shapes(epoch)
-            mean_batch = sum(s.batch_size for s in shapes) / len(shapes)
-            per_batch = sum(s.batch_size * s.clip_len * s.size[0] * s.size[1]
-                            for s in shapes) / len(shapes)
-            total += per_batch / mean_batch / default
-        return total / self.stock_max_epochs
+        return sum(self.epoch_compute(e)
+                   for e in range(self.max_epochs)) / self.stock_max_epochs
 
     def iteration_ratio(self) -> float:
         """Stock iterations divided by multigrid iterations (same data)."""

@@ -463,3 +463,21 @@ def test_num_batches_drop_last(epoch, n):
 def test_errors(kw, key):
     with pytest.raises(ValueError, match=key):
         _sched(**kw)
+
+
+def test_epoch_compute_adds_up_to_the_compute_ratio():
+    s = MultiGridSchedule(
+        clip_len=32,
+        frame_interval=2,
+        size=224,
+        max_epochs=100,
+        milestones=[40, 80])
+    # Epoch 0: 128, 64 and 64 clips of 8 frames at 112, 158 and 158 pixels
+    # (equal numbers of iterations), against 32x224x224 clips.
+    voxels = 128 * 8 * 112**2 + 2 * 64 * 8 * 158**2
+    assert s.epoch_compute(0) == pytest.approx(voxels / 256 / (32 * 224**2))
+    # Fine-tuning: 4, 2 and 1 clips of 32 frames at 112, 158 and 224.
+    assert s.epoch_compute(149) == pytest.approx(
+        (4 * 112**2 + 2 * 158**2 + 224**2) / 7 / 224**2)
+    total = sum(s.epoch_compute(e) for e in range(150))
+    assert total / 100 == pytest.approx(s.compute_ratio())
