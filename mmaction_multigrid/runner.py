@@ -68,22 +68,23 @@ class MultiGridRunner(Runner):
                 raise ValueError(
                     'multi_grid supports one optimizer: optim_wrapper '
                     'builds several (OptimWrapperDict).')
-            loop = self.train_loop
-            # A config converted by release 0.1 also names the schedule's
-            # arguments here; the loop's schedule is the one to share.
             configs = [
-                PARAM_SCHEDULERS.build(
-                    {
-                        k: v
-                        for k, v in c.items() if k != 'schedule'
-                    },
-                    default_args=dict(
-                        optimizer=self.optim_wrapper,
-                        schedule=loop.schedule,
-                        epoch_of_step=loop.fractional_epoch))
-                if _is_multigrid_lr(c) else c for c in configs
+                self._build_multigrid_lr(c) if _is_multigrid_lr(c) else c
+                for c in configs
             ]
         return super().build_param_scheduler(configs)
+
+    def _build_multigrid_lr(self, cfg: dict) -> MultiGridLR:
+        loop = self.train_loop
+        # A config converted by release 0.1 also names the schedule's
+        # arguments here; the loop's schedule is the one to share.
+        cfg = {k: v for k, v in cfg.items() if k != 'schedule'}
+        return PARAM_SCHEDULERS.build(
+            cfg,
+            default_args=dict(
+                optimizer=self.optim_wrapper,
+                schedule=loop.schedule,
+                epoch_of_step=loop.fractional_epoch))
 
     def wrap_model(self, model_wrapper_cfg, model):
         # MMEngine 0.10.7's wrap_model undoes sub-batch BN: on one process
@@ -113,14 +114,19 @@ class MultiGridRunner(Runner):
                 'its own; the batch size does not change them.')
 
     def build_train_loop(self, loop):
-        if isinstance(loop, dict) and loop.get(
-                'type',
-                'EpochBasedTrainLoop') in ('EpochBasedTrainLoop',
-                                           EpochBasedTrainLoop) and loop.get(
-                                               'by_epoch', True):
+        if _is_epoch_loop(loop):
             loop = {k: v for k, v in loop.items() if k != 'by_epoch'}
             loop['type'] = MultiGridTrainLoop
         return super().build_train_loop(loop)
+
+
+def _is_epoch_loop(cfg) -> bool:
+    """Whether ``cfg`` is a stock ``EpochBasedTrainLoop`` config."""
+    if not isinstance(cfg, dict):
+        return False
+    kind = cfg.get('type', 'EpochBasedTrainLoop')
+    stock = kind in ('EpochBasedTrainLoop', EpochBasedTrainLoop)
+    return stock and cfg.get('by_epoch', True)
 
 
 def _is_multigrid_lr(cfg) -> bool:
