@@ -18,7 +18,7 @@ pipeline:
 import os
 import os.path as osp
 import struct
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import mmcv
@@ -206,19 +206,16 @@ class ReducedRawFrameDecode(RawFrameDecode):
         size = jpeg_size(data)
         factor = reduction_factor(
             size, resize_output(size, self.scale, self.keep_ratio))
-        if factor == 1:
-            return super().transform(results)
-        flag, decoded, imgs = REDUCED_FLAGS[factor], {}, []
+        decoded, imgs = {}, []
         for frame_idx in inds:
             if frame_idx not in decoded:
                 if frame_idx != inds[0]:
                     data = self.file_client.get(path(frame_idx))
-                img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-                if img is None:
+                decoded[frame_idx] = self._decode(data, factor)
+                if decoded[frame_idx] is None:
                     raise ValueError(
                         f'cannot decode frame {frame_idx + offset} of '
                         f'{results["frame_dir"]}')
-                decoded[frame_idx] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
                 imgs.append(decoded[frame_idx])
             else:
                 imgs.append(decoded[frame_idx].copy())
@@ -226,6 +223,16 @@ class ReducedRawFrameDecode(RawFrameDecode):
         results['original_shape'] = imgs[0].shape[:2]
         results['img_shape'] = imgs[0].shape[:2]
         return results
+
+    @staticmethod
+    def _decode(data: bytes, factor: int) -> Optional[np.ndarray]:
+        """RGB frame of JPEG ``data`` at 1/``factor`` size; at full size
+        as ``RawFrameDecode`` decodes it (the first frame is read once)."""
+        if factor == 1:
+            return mmcv.imfrombytes(data, channel_order='rgb', backend='cv2')
+        img = cv2.imdecode(
+            np.frombuffer(data, np.uint8), REDUCED_FLAGS[factor])
+        return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(scale={self.scale}, '
