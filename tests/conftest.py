@@ -19,6 +19,8 @@ TOOLS = osp.join(osp.dirname(mmaction.__file__), '.mim', 'tools')
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 import recorder  # noqa: E402,F401  (registers InputRecorder)
+import reference as ref  # noqa: E402
+from probes import TINY_I3D, with_filenames  # noqa: E402
 
 # mmengine 0.10.7 + torch >= 2.6: checkpoints need weights_only=False
 # (environment.md); the same variable a user sets for tools/test.py.
@@ -199,3 +201,35 @@ def train_with_tools(cfg, tmp_path, name='config.py', timeout=900):
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work
+
+
+def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
+    """The stock I3D config, tiny (``probes.TINY_I3D``), stock E=2 with a
+    milestone at 1 (3 multigrid epochs), recording every batch's samples
+    (``probes.SampleRecorder``)."""
+    cfg = toy_config(
+        'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py',
+        data,
+        work_dir=str(work_dir),
+        max_epochs=2,
+        milestones=(1, ),
+        batch_size=batch_size,
+        multi_grid=multi_grid,
+        options=dict(
+            TINY_I3D, **{
+                'train_cfg.val_interval': 100,
+                'default_hooks.checkpoint.interval': 100,
+                **(options or {})
+            }))
+    cfg.custom_imports['imports'].append('probes')
+    cfg.custom_hooks.append(dict(type='SampleRecorder'))
+    with_filenames(cfg)
+    return cfg
+
+
+def scheduled(n_samples, batch_size=1, drop_last=True, lr=False):
+    """[(epoch, iter, shape)] the reference gives for ``n_samples`` (and
+    the LR with ``lr``)."""
+    rows = ref.expected_run(
+        n_samples, 32, 32, batch_size, 2, [1], 0.001, drop_last=drop_last)
+    return rows if lr else [row[:3] for row in rows]

@@ -6,39 +6,15 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import toy_config
+from conftest import small_config, toy_config
 from mmengine.runner import Runner
-from probes import TINY_I3D, digest, read_samples, with_filenames
+from probes import digest, read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
 from mmaction_multigrid.rng import sample_seed
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
-
-
-def config(videos, work_dir, **loader):
-    """Stock I3D pipeline (random frame offsets, MultiScaleCrop scales,
-    Flip) on 16 videos: 3 multigrid epochs of 1, 3 and 6 iterations."""
-    cfg = toy_config(
-        I3D,
-        videos,
-        work_dir=str(work_dir),
-        max_epochs=2,
-        milestones=(1, ),
-        multi_grid=dict(),
-        options=dict(
-            TINY_I3D, **{
-                'train_cfg.val_interval': 100,
-                'default_hooks.checkpoint.interval': 100
-            }, **{
-                f'train_dataloader.{k}': v
-                for k, v in loader.items()
-            }))
-    cfg.custom_imports['imports'].append('probes')
-    cfg.custom_hooks.append(dict(type='SampleRecorder'))
-    with_filenames(cfg)
-    return cfg
 
 
 def test_same_inputs_with_any_workers(videos, tmp_path):
@@ -50,7 +26,14 @@ def test_same_inputs_with_any_workers(videos, tmp_path):
                           dict(num_workers=2, persistent_workers=False)),
                          ('persistent',
                           dict(num_workers=2, persistent_workers=True))):
-        runner = Runner.from_cfg(config(videos, tmp_path / name, **loader))
+        runner = Runner.from_cfg(
+            small_config(
+                videos,
+                tmp_path / name,
+                options={
+                    f'train_dataloader.{k}': v
+                    for k, v in loader.items()
+                }))
         runner.train()
         runs[name] = [(r['epoch'], r['iter'], r['files'], r['inputs'])
                       for r in read_samples(tmp_path / name)]

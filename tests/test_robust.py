@@ -6,53 +6,22 @@ import os.path as osp
 from collections import Counter
 
 import pytest
-import reference as ref
 import torch
-from conftest import toy_config
+from conftest import scheduled, small_config
 from mmaction.registry import OPTIM_WRAPPERS, TRANSFORMS
 from mmcv.transforms import BaseTransform
 from mmengine.dataset import Compose
 from mmengine.optim import OptimWrapper
 from mmengine.runner import Runner
-from probes import TINY_I3D, read_samples, with_filenames
+from probes import read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid import convert_config
 from mmaction_multigrid.datasets import SkipBroken
 from mmaction_multigrid.synthetic import make_dataset
 
-I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 # Stock E=2, milestone 1: three multigrid epochs at per-GPU batches
 # [16, 8, 8], [8, 4, 2] and [4, 2, 1] clips (batch_size=1).
-
-
-def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
-    cfg = toy_config(
-        I3D,
-        data,
-        work_dir=str(work_dir),
-        max_epochs=2,
-        milestones=(1, ),
-        batch_size=batch_size,
-        multi_grid=multi_grid,
-        options=dict(
-            TINY_I3D, **{
-                'train_cfg.val_interval': 100,
-                'default_hooks.checkpoint.interval': 100,
-                **(options or {})
-            }))
-    cfg.custom_imports['imports'].append('probes')
-    cfg.custom_hooks.append(dict(type='SampleRecorder'))
-    with_filenames(cfg)
-    return cfg
-
-
-def scheduled(n_samples, batch_size=1, drop_last=True, lr=False):
-    """[(epoch, iter, shape)] the reference gives for ``n_samples`` (and
-    the LR with ``lr``)."""
-    rows = ref.expected_run(
-        n_samples, 32, 32, batch_size, 2, [1], 0.001, drop_last=drop_last)
-    return rows if lr else [row[:3] for row in rows]
 
 
 def log_text(runner):
