@@ -80,15 +80,19 @@ def lr_rule_text(schedule: MultiGridSchedule) -> str:
         str: One or two lines for ``plan``.
     """
     stock = ' x '.join(t['type'] for t in schedule.lr_terms)
+    scaling = dict(linear='{}', sqrt='sqrt({})', none='1')[schedule.lr_scaling]
+    per_batch = ''
+    if schedule.short_cycle and schedule.short_cycle_lr == 'scaled':
+        per_batch = (' x ' + scaling.format('k') + ' (k = batch size / base '
+                     "shape's batch size, short_cycle_lr='scaled')")
     if not schedule.long_cycle:
         return (f'lr rule: stock {stock} stretched by epoch_factor '
-                f'{schedule.epoch_factor:g} (begin/end/T_max)')
+                f'{schedule.epoch_factor:g} (begin/end/T_max){per_batch}')
     ends = ', '.join(f'{e:g}' for e in schedule.stock_milestones)
-    scaling = dict(linear='b', sqrt='sqrt(b)', none='1')[schedule.lr_scaling]
     return (f'lr rule: stock {stock} at the equivalent stock epoch x '
-            f'{scaling} (b = batch multiplier of the base shape); long '
-            f'cycles over stock epochs ending at {ends}, then fine-tuning '
-            f'to {schedule.stock_max_epochs}')
+            f'{scaling.format("b")} (b = batch multiplier of the base '
+            f'shape){per_batch}; long cycles over stock epochs ending at '
+            f'{ends}, then fine-tuning to {schedule.stock_max_epochs}')
 
 
 def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,

@@ -14,7 +14,7 @@ from mmengine.logging import print_log
 from .lr_rules import LR_SCALINGS, is_step_schedule, scheduler_terms
 from .pipeline import absorb_format, check_format, clip_params, output_size
 from .schedule import (DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS,
-                       MultiGridSchedule)
+                       SHORT_CYCLE_LRS, MultiGridSchedule)
 
 DEFAULTS = dict(
     long_cycle=True,
@@ -31,6 +31,7 @@ DEFAULTS = dict(
     lr_scaling='linear',
     num_long_cycles=2,
     fine_tune_share=0.2,
+    short_cycle_lr=None,
 )
 # Keys the 0.x tutorial put into the train dataset dict; now unnecessary.
 TUTORIAL_DATASET_KEYS = ('short_cycle_factors', 'default_s')
@@ -148,6 +149,11 @@ def validate_options(options: dict) -> dict:
         _fail(
             'lr_scaling', f'must be one of {sorted(LR_SCALINGS)}, got '
             f'{opts["lr_scaling"]!r}.')
+    if opts['short_cycle_lr'] not in (None, ) + SHORT_CYCLE_LRS:
+        _fail(
+            'short_cycle_lr', f'must be one of {list(SHORT_CYCLE_LRS)} or '
+            'None (scaled for non-step LR schedules, constant for step '
+            f"ones), got {opts['short_cycle_lr']!r}.")
     cycles = opts['num_long_cycles']
     if not isinstance(cycles, int) or isinstance(cycles, bool) or cycles < 1:
         _fail('num_long_cycles', f'must be an int >= 1, got {cycles!r}.')
@@ -341,6 +347,10 @@ def schedule_args(cfg: dict, opts: Optional[dict] = None) -> dict:
         epoch_factor=opts['epoch_factor'])
     if opts['lr_scaling'] != 'linear':
         args['lr_scaling'] = opts['lr_scaling']
+    short_cycle_lr = opts['short_cycle_lr'] or ('constant' if 'lr_terms'
+                                                not in args else 'scaled')
+    if short_cycle_lr != 'constant':
+        args['short_cycle_lr'] = short_cycle_lr
     return args
 
 

@@ -10,14 +10,14 @@ loads up to 16x the stock clips per iteration), and restarting the iterator
 every epoch drops the prefetched batches, so the model waits while one
 worker builds the epoch's whole first batch.
 """
-from typing import List
+from typing import List, Tuple
 
 from mmengine.runner import EpochBasedTrainLoop
 
 from .rng import preserved_rng
 from .samplers import ShortCycleBatchSampler
 from .schedule import MultiGridSchedule
-from .schedulers import MultiGridLR, fractional_epoch
+from .schedulers import MultiGridLR, epoch_position, fractional_epoch
 
 
 class MultiGridTrainLoop(EpochBasedTrainLoop):
@@ -28,7 +28,8 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
       sum of the epoch lengths (plus the offset of a resumed run, whose
       checkpoint may come from another number of GPUs or from a stock run).
     - :meth:`fractional_epoch` maps a global iteration to
-      ``epoch + iter / iters_in_epoch``; ``MultiGridRunner`` hands it to
+      ``epoch + iter / iters_in_epoch`` and :meth:`epoch_position` to
+      ``(epoch, iter)``; ``MultiGridRunner`` hands both to
       :class:`~mmaction_multigrid.schedulers.MultiGridLR` when building it.
     - Creating a loader iterator leaves the training random stream alone,
       so dropout draws the same numbers with 0 or N workers.
@@ -108,6 +109,17 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
             float: The fractional epoch.
         """
         return fractional_epoch(step - self.iter_offset, self.epoch_lengths)
+
+    def epoch_position(self, step: int) -> Tuple[int, int]:
+        """Epoch of ``step`` and the step's iteration within it.
+
+        Args:
+            step: Global iteration (``runner.iter``).
+
+        Returns:
+            tuple[int, int]: ``(epoch, iter)``.
+        """
+        return epoch_position(step - self.iter_offset, self.epoch_lengths)
 
     def run(self):
         """Train; resumed runs continue the LR at the resumed iteration."""

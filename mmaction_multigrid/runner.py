@@ -84,7 +84,8 @@ class MultiGridRunner(Runner):
             default_args=dict(
                 optimizer=self.optim_wrapper,
                 schedule=loop.schedule,
-                epoch_of_step=loop.fractional_epoch))
+                epoch_of_step=loop.fractional_epoch,
+                position_of_step=loop.epoch_position))
 
     def wrap_model(self, model_wrapper_cfg, model):
         # MMEngine 0.10.7's wrap_model undoes sub-batch BN: on one process

@@ -17,6 +17,8 @@ Size = Tuple[int, int]
 DEFAULT_LONG_CYCLE_FACTORS = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1,
                                                                             1))
 DEFAULT_SHORT_CYCLE_FACTORS = (0.5, 0.5**0.5)
+# multi_grid.short_cycle_lr: the LR of the short cycle's larger batches.
+SHORT_CYCLE_LRS = ('constant', 'scaled')
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,10 @@ class MultiGridSchedule:
         lr_scaling: How the LR follows the batch multiplier ``b`` of the
             long-cycle base shape: ``'linear'`` (``b``, the reference),
             ``'sqrt'`` or ``'none'``. Defaults to ``'linear'``.
+        short_cycle_lr: ``'constant'`` (the reference: every short-cycle
+            batch trains at its base shape's LR) or ``'scaled'`` (the LR of
+            each batch also follows its size relative to the base shape's
+            batch, by ``lr_scaling``). Defaults to ``'constant'``.
     """
 
     def __init__(self,
@@ -160,7 +166,8 @@ class MultiGridSchedule:
                  lr_terms: Optional[Sequence[dict]] = None,
                  num_long_cycles: int = 2,
                  fine_tune_share: float = 0.2,
-                 lr_scaling: str = 'linear') -> None:
+                 lr_scaling: str = 'linear',
+                 short_cycle_lr: str = 'constant') -> None:
         self.args = dict(
             clip_len=clip_len,
             frame_interval=frame_interval,
@@ -184,11 +191,18 @@ class MultiGridSchedule:
                 fine_tune_share=fine_tune_share)
         if lr_scaling != 'linear':
             self.args.update(lr_scaling=lr_scaling)
+        if short_cycle_lr != 'constant':
+            self.args.update(short_cycle_lr=short_cycle_lr)
         if lr_scaling not in lr_rules.LR_SCALINGS:
             raise ValueError(
                 f'multi_grid.lr_scaling: {lr_scaling!r} is not one of '
                 f'{sorted(lr_rules.LR_SCALINGS)}.')
+        if short_cycle_lr not in SHORT_CYCLE_LRS:
+            raise ValueError(
+                f'multi_grid.short_cycle_lr: {short_cycle_lr!r} is not one '
+                f'of {list(SHORT_CYCLE_LRS)}.')
         self.lr_scaling = lr_scaling
+        self.short_cycle_lr = short_cycle_lr
         self.lr_terms = None if lr_terms is None else [
             dict(t) for t in lr_terms
         ]
@@ -526,6 +540,25 @@ class MultiGridSchedule:
             end = self._scaled_step_factor(self.warmup_epochs)
             return start + epoch * (end - start) / self.warmup_epochs
         return self._scaled_step_factor(epoch)
+
+    def batch_lr_factor(self, epoch: int, index: int) -> float:
+        """Factor of the LR of batch ``index`` of ``epoch`` on top of
+        :meth:`lr_factor`.
+
+        Args:
+            epoch: 0-based epoch.
+            index: 0-based iteration within the epoch.
+
+        Returns:
+            float: 1 with ``short_cycle_lr='constant'``; with ``'scaled'``,
+            ``lr_scaling`` applied to the batch's size divided by the base
+            shape's batch size (the short cycle's ``k``).
+        """
+        if self.short_cycle_lr == 'constant':
+            return 1.0
+        shapes = self.batch_shapes(epoch)
+        ratio = shapes[index % len(shapes)].batch_size / shapes[-1].batch_size
+        return lr_rules.LR_SCALINGS[self.lr_scaling](ratio)
 
     def _scaled_step_factor(self, epoch: float) -> float:
         """:meth:`_step_factor` with ``lr_scaling`` applied."""

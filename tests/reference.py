@@ -286,3 +286,11 @@ def cosine_lr_factor(e,
     b = base[0]
     scale = dict(linear=b, sqrt=b**0.5, none=1)[scaling]
     return scale * stock_lr_factor(stock_e, schedulers, base_lr, smooth=True)
+
+
+def short_cycle_lr_factor(sizes, i, scaling='linear'):
+    """``short_cycle_lr='scaled'``: the LR of the i-th batch of an epoch whose
+    short cycle has batch ``sizes`` (base shape last) is scaled by its size
+    over the base shape's, as ``lr_scaling`` scales ``b``."""
+    k = sizes[i % len(sizes)] / sizes[-1]
+    return dict(linear=k, sqrt=k**0.5, none=1)[scaling]

@@ -248,6 +248,8 @@ def test_eta_min_becomes_a_ratio_of_the_base_lr():
     (dict(num_long_cycles=0), 'num_long_cycles'),
     (dict(num_long_cycles=1.5), 'num_long_cycles'),
     (dict(fine_tune_share=1.0), 'fine_tune_share'),
+    (dict(short_cycle_lr='linear'), 'short_cycle_lr'),
+    (dict(short_cycle_lr=True), 'short_cycle_lr'),
 ])
 def test_new_option_errors(options, key):
     with pytest.raises(ValueError, match=f'multi_grid.{key}'):
@@ -272,5 +274,45 @@ def test_step_schedule_args_unchanged():
     old checkpoints without a settings warning)."""
     out = convert_config(_load(I3D))
     assert not {
-        'lr_terms', 'num_long_cycles', 'fine_tune_share', 'lr_scaling'
+        'lr_terms', 'num_long_cycles', 'fine_tune_share', 'lr_scaling',
+        'short_cycle_lr'
     } & set(out.train_dataloader.batch_sampler.schedule)
+
+
+@pytest.mark.parametrize('path,options,want', [
+    (SLOWFAST, {}, 'scaled'),
+    (SLOWFAST, dict(long_cycle=False), 'scaled'),
+    (SLOWFAST, dict(short_cycle_lr='constant'), 'constant'),
+    (I3D, {}, 'constant'),
+    (I3D, dict(short_cycle_lr='scaled'), 'scaled'),
+])
+def test_short_cycle_lr_default(path, options, want):
+    """Non-step schedules scale the short cycle's batches by default; step
+    schedules keep the reference (one LR per epoch's base shape)."""
+    out = convert_config(_load(path, **options))
+    sampler = out.train_dataloader.batch_sampler
+    schedule = MultiGridSchedule(batch_size=8, **sampler.schedule)
+    assert schedule.short_cycle_lr == want
+
+
+@pytest.mark.parametrize('scaling', ['linear', 'sqrt', 'none'])
+@pytest.mark.parametrize('long_cycle', [True, False])
+def test_scaled_short_cycle_batches(scaling, long_cycle):
+    """With ``short_cycle_lr='scaled'`` batch ``i`` of an epoch trains at
+    the epoch's LR times its size over the base shape's, by ``lr_scaling``;
+    with 'constant' every batch trains at the epoch's LR."""
+    scaled = _schedule(
+        'slowfast',
+        long_cycle=long_cycle,
+        lr_scaling=scaling,
+        short_cycle_lr='scaled')
+    constant = _schedule('slowfast', long_cycle=long_cycle, lr_scaling=scaling)
+    seen = set()
+    for epoch in range(scaled.max_epochs):
+        sizes = [s.batch_size for s in scaled.batch_shapes(epoch)]
+        for i in range(7):
+            want = ref.short_cycle_lr_factor(sizes, i, scaling)
+            assert scaled.batch_lr_factor(epoch, i) == pytest.approx(want)
+            assert constant.batch_lr_factor(epoch, i) == 1
+            seen.add(round(want, 6))
+    assert len(seen) == (1 if scaling == 'none' else 3)

@@ -8,7 +8,8 @@ import torch
 from mmengine.optim import OptimWrapper
 
 import mmaction_multigrid  # noqa: F401
-from mmaction_multigrid.schedulers import MultiGridLR, fractional_epoch
+from mmaction_multigrid.schedulers import (MultiGridLR, epoch_position,
+                                           fractional_epoch)
 
 BASE_LR = 0.1
 I3D = dict(
@@ -57,6 +58,15 @@ def _ref_factor(points, rel, epoch, warmup=0, start=0.1):
                                                    (9, [3, 5, 2], 2.5)])
 def test_fractional_epoch(step, lengths, expected):
     assert fractional_epoch(step, lengths) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('lengths', [[4, 2], [3, 5, 2], [1, 1, 1]])
+def test_epoch_position(lengths):
+    """Every step maps to its (epoch, iteration) by counting; past the
+    end, to (epochs, 0)."""
+    steps = [(e, i) for e, n in enumerate(lengths) for i in range(n)]
+    steps += [(len(lengths), 0)] * 3
+    assert [epoch_position(k, lengths) for k in range(len(steps))] == steps
 
 
 def _optim():
@@ -184,3 +194,32 @@ def test_needs_begin_zero_and_iteration_based():
 def test_needs_the_epoch_mapping():
     with pytest.raises(ValueError, match='epoch_of_step'):
         MultiGridLR(_optim(), schedule=copy.deepcopy(I3D))
+    with pytest.raises(ValueError, match='position_of_step'):
+        MultiGridLR(
+            _optim(),
+            schedule=dict(I3D, short_cycle_lr='scaled'),
+            epoch_of_step=_epochs([1] * 150))
+
+
+def test_scaled_short_cycle_lr_every_iteration():
+    """``short_cycle_lr='scaled'``: each iteration's LR is the epoch's
+    rule times its short-cycle batch's size over the base shape's."""
+    lengths = _lengths(150)
+    optim = _optim()
+    sched = MultiGridLR(
+        optim,
+        schedule=dict(I3D, short_cycle_lr='scaled'),
+        epoch_of_step=_epochs(lengths),
+        position_of_step=functools.partial(
+            epoch_position, epoch_lengths=lengths))
+    lrs = _run(sched, optim, sum(lengths))
+    schedule = sched.schedule
+    k = 0
+    for epoch, n in enumerate(lengths):
+        sizes = [s.batch_size for s in schedule.batch_shapes(epoch)]
+        for it in range(n):
+            expected = BASE_LR * _ref_factor(I3D_POINTS, I3D_REL,
+                                             epoch + it / n, 0)
+            expected *= sizes[it % 3] / sizes[-1]
+            assert lrs[k] == pytest.approx(expected, rel=1e-9), (epoch, it)
+            k += 1
