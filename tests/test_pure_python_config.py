@@ -12,10 +12,9 @@ import subprocess
 import sys
 
 import pytest
-import reference as ref
 from conftest import TESTS, TOOLS
 from mmengine.config import Config
-from test_cosine_e2e import LONG, SHORT, recorded
+from test_cosine_e2e import expected_run, recorded
 
 from mmaction_multigrid import MultiGridRunner, convert_config
 
@@ -218,8 +217,6 @@ def test_class_typed_config_converts(videos, tmp_path):
 def test_pure_python_config_trains_multigrid(videos, tmp_path):
     path = _write(tmp_path, videos, SWITCH)
     _train(path, tmp_path / 'work')
-    E, phases = 4, ref.cosine_phases(4, 2, 0.2)
-    sched = ref.long_cycle(8, (32, 32), E, phases, LONG, SHORT, True, 1.5)
     schedulers = [
         dict(
             type='LinearLR',
@@ -229,16 +226,7 @@ def test_pure_python_config_trains_multigrid(videos, tmp_path):
             convert_to_iter_based=True),
         dict(type='CosineAnnealingLR', T_max=4, eta_min=0, begin=0, end=4)
     ]
-    want = []
-    for epoch in range(sched[-1][2]):
-        _, base = ref.base_at(sched, epoch)
-        cycle = ref.batches(1, base, (32, 32), SHORT, True)
-        n = ref.epoch_batches(16, [c[0] for c in cycle])
-        for i in range(n):
-            size, (h, w) = cycle[i % len(cycle)]
-            lr = 0.001 * ref.cosine_lr_factor(epoch + i / n, sched, schedulers,
-                                              0.001, E, phases)
-            want.append((epoch, i, [size, 3, base[1], h, w], lr))
+    want = expected_run(16, 8, 32, 1, schedulers, 0.001)
     got = recorded(tmp_path / 'work')
     assert [g[:3] for g in got] == [w[:3] for w in want]
     for g, w in zip(got, want):
