@@ -69,8 +69,9 @@ def main() -> None:
                 osp.join('work_dirs', 'sweep', tag)
             ] + (['--schedule', args.schedule]
                  if args.schedule else []) + variants[name]
-            log = open(osp.join(RESULTS, f'log{tag}.txt'), 'w')
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            with open(osp.join(RESULTS, f'log{tag}.txt'), 'w') as log:
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT)
             running.append((proc, seed, name, tag))
         time.sleep(1)
         for item in [r for r in running if r[0].poll() is not None]:

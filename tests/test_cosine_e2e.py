@@ -25,8 +25,7 @@ def expected_run(n_train,
                  short_cycle=True,
                  cycles=2,
                  share=0.2,
-                 scaling='linear',
-                 short_cycle_lr='scaled'):
+                 scaling='linear'):
     """[(epoch, iter, backbone input shape, lr)] per the documented rule."""
     schedulers = [dict(s, end=s.get('end', E)) for s in schedulers]
     phases = ref.cosine_phases(E, cycles, share)
@@ -49,9 +48,9 @@ def expected_run(n_train,
                                               phases, scaling)
             else:
                 factor = ref.stock_lr_factor(e, stretched, base_lr)
-            if short_cycle_lr == 'scaled':
-                factor *= ref.short_cycle_lr_factor([c[0] for c in cycle], i,
-                                                    scaling)
+            # short_cycle_lr='scaled', the default for non-step schedules
+            factor *= ref.short_cycle_lr_factor([c[0] for c in cycle], i,
+                                                scaling)
             rows.append((epoch, i, [size, 3, base[1], h, w], base_lr * factor))
     return rows
 
