@@ -9,6 +9,8 @@ import mmaction
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.utils import ManagerMixin
 
 from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
 
@@ -28,6 +30,40 @@ os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 # Toy runs with 1-clip BN groups can blow up activations; denormal floats
 # then make CPU kernels crawl.
 torch.set_flush_denormal(True)
+
+
+def _manager_classes() -> list:
+    """Every ``ManagerMixin`` class loaded so far (loggers, message hubs,
+    visualizers of every registry)."""
+    found, todo = [], [ManagerMixin]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.fixture(autouse=True)
+def forget_mmengine_instances():
+    """Drops the global instances (logger, message hub, visualizer) that a
+    test's Runners created.
+
+    MMEngine 0.10.7 names them after the Runner's start second: a Runner
+    built in the same second as one of the previous test gets that test's
+    logger and visualizer back, and writes its log and ``config.py`` into
+    the previous test's work_dir, which pytest has deleted by then
+    (``tmp_path_retention_policy = failed``). Checked by
+    ``test_isolation.py``.
+    """
+    before = {cls: set(cls._instance_dict) for cls in _manager_classes()}
+    yield
+    for cls in _manager_classes():
+        for name in set(cls._instance_dict) - before.get(cls, set()):
+            instance = cls._instance_dict.pop(name)
+            if isinstance(instance, MMLogger):
+                for handler in instance.handlers[:]:
+                    handler.close()
+                    instance.removeHandler(handler)
 
 
 @pytest.fixture(scope='session')
