@@ -98,6 +98,21 @@ class TrainTimeRecorder(Hook):
                 top1=float((metrics or {}).get('acc/top1', float('nan')))))
 
 
+def scaled_step(step: dict, size: int) -> dict:
+    """A demo pipeline step for ``size``-pixel crops instead of 64 (the
+    short side resized to ``72 / 64`` of the crop, as the demo)."""
+    step = dict(step)
+    if step['type'] == 'Resize':
+        step['scale'] = ((-1,
+                          round(size * 72 / 64)) if step['scale'][0] == -1 else
+                         (size, size))
+    elif step['type'] == 'MultiScaleCrop':
+        step['input_size'] = size
+    elif step['type'] == 'CenterCrop':
+        step['crop_size'] = size
+    return step
+
+
 def build_cfg(info: dict, args, multigrid: bool, work_dir: str):
     """The demo config as a stock (or multigrid) config on ``info``."""
     cfg = load_config(DEMO_CONFIG)
@@ -109,6 +124,8 @@ def build_cfg(info: dict, args, multigrid: bool, work_dir: str):
             cfg.multi_grid.precise_bn = dict(num_iters=args.precise_bn)
         cfg.multi_grid.update(args.multi_grid)
     cfg.work_dir = work_dir
+    if multigrid and args.size != 64:
+        cfg.multi_grid.default_s = (args.size, args.size)
     for split, loader in (('train', cfg.train_dataloader),
                           ('val', cfg.val_dataloader), ('val',
                                                         cfg.test_dataloader)):
@@ -119,6 +136,8 @@ def build_cfg(info: dict, args, multigrid: bool, work_dir: str):
                 if t['type'] == 'DecordDecode' else t for t in pipeline
                 if t['type'] != 'DecordInit'
             ]
+        if args.size != 64:
+            pipeline = [scaled_step(t, args.size) for t in pipeline]
         loader.dataset = dataset_cfg(info, pipeline, split)
         loader.num_workers = args.workers
         loader.persistent_workers = args.workers > 0
@@ -341,6 +360,12 @@ def main() -> None:
     parser.add_argument('--val-per-class', type=int, default=32)
     parser.add_argument('--workers', type=int, default=2)
     parser.add_argument(
+        '--size',
+        type=int,
+        default=64,
+        help='crop size (multi_grid.default_s); frames are generated at '
+        '1.5x / 2x of it')
+    parser.add_argument(
         '--threads',
         type=int,
         default=None,
@@ -409,8 +434,11 @@ def main() -> None:
     for fmt in args.data:
         t0 = time.perf_counter()
         info = make_dataset(
-            osp.join(args.work_dir, 'data_' + fmt),
+            osp.join(
+                args.work_dir,
+                f'data_{fmt}' + ('' if args.size == 64 else f'_{args.size}')),
             videos_per_class=args.videos_per_class,
+            size=(round(args.size * 1.5), args.size * 2),
             val_per_class=args.val_per_class,
             fmt=fmt,
             seed=args.seed)
@@ -441,6 +469,7 @@ def main() -> None:
                     optimizer=args.optimizer,
                     lr=args.lr,
                     workers=args.workers,
+                    size=args.size,
                     threads=threads,
                     seed=args.seed,
                     multi_grid=args.multi_grid,

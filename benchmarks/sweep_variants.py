@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument('--epochs', type=int, default=30)
     parser.add_argument('--workers', type=int, default=1)
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--size', type=int, default=64)
     parser.add_argument('--tag', default='')
     args = parser.parse_args()
     variants = {}
@@ -65,7 +66,8 @@ def main() -> None:
                 str(seed), '--epochs',
                 str(args.epochs), '--workers',
                 str(args.workers), '--threads',
-                str(args.threads), '--tag', tag, '--work-dir',
+                str(args.threads), '--size',
+                str(args.size), '--tag', tag, '--work-dir',
                 osp.join('work_dirs', 'sweep', tag)
             ] + (['--schedule', args.schedule]
                  if args.schedule else []) + variants[name]
