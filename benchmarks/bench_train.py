@@ -138,6 +138,11 @@ def build_cfg(info: dict, args, multigrid: bool, work_dir: str):
             ]
         if args.size != 64:
             pipeline = [scaled_step(t, args.size) for t in pipeline]
+        if args.crop == 'rrc':  # as the SlowFast / SlowOnly R50 256e recipes
+            pipeline = [
+                dict(type='RandomResizedCrop')
+                if t['type'] == 'MultiScaleCrop' else t for t in pipeline
+            ]
         loader.dataset = dataset_cfg(info, pipeline, split)
         loader.num_workers = args.workers
         loader.persistent_workers = args.workers > 0
@@ -366,6 +371,13 @@ def main() -> None:
         help='crop size (multi_grid.default_s); frames are generated at '
         '1.5x / 2x of it')
     parser.add_argument(
+        '--crop',
+        choices=['demo', 'rrc'],
+        default='demo',
+        help='train crop: the demo config\'s MultiScaleCrop (scales 1, '
+        '0.8) or RandomResizedCrop (area 0.08-1), as the cosine SlowFast '
+        'and SlowOnly R50 recipes')
+    parser.add_argument(
         '--threads',
         type=int,
         default=None,
@@ -470,6 +482,7 @@ def main() -> None:
                     lr=args.lr,
                     workers=args.workers,
                     size=args.size,
+                    crop=args.crop,
                     threads=threads,
                     seed=args.seed,
                     multi_grid=args.multi_grid,

@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument('--workers', type=int, default=1)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--size', type=int, default=64)
+    parser.add_argument('--crop', choices=['demo', 'rrc'], default='demo')
     parser.add_argument('--tag', default='')
     args = parser.parse_args()
     variants = {}
@@ -61,13 +62,14 @@ def main() -> None:
             tag = f'_sweep{args.tag}_{name}_s{seed}'
             cmd = [
                 sys.executable,
-                osp.join(HERE, 'bench_train.py'), '--data', 'rawframes',
-                '--seed',
+                osp.join(HERE,
+                         'bench_train.py'), '--data', 'rawframes', '--seed',
                 str(seed), '--epochs',
                 str(args.epochs), '--workers',
                 str(args.workers), '--threads',
                 str(args.threads), '--size',
-                str(args.size), '--tag', tag, '--work-dir',
+                str(args.size), '--crop', args.crop, '--tag', tag,
+                '--work-dir',
                 osp.join('work_dirs', 'sweep', tag)
             ] + (['--schedule', args.schedule]
                  if args.schedule else []) + variants[name]
