@@ -27,7 +27,10 @@ time/loss and per-validation accuracy go to
 SlowOnly R50 recipe's form: a ``LinearLR`` warm-up over the first tenth
 (per iteration) under a ``CosineAnnealingLR`` over all ``E`` epochs
 (``eta_min=0``, per epoch). ``--optimizer adamw`` trains with AdamW (the
-Video Swin / MViT optimizer) instead of the demo's SGD.
+Video Swin / MViT optimizer) instead of the demo's SGD. ``--size S`` trains
+at ``S``-pixel crops instead of 64 and ``--crop rrc`` with the cosine R50
+recipes' ``RandomResizedCrop`` (docs/benchmarks.md, "Why 30 epochs lose 7
+points and 60 epochs do not").
 """
 import argparse
 import ast
