@@ -302,19 +302,24 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def prepare_cmd(args: argparse.Namespace) -> int:
-    """Write the prepared copy of a config's train set."""
-    from .prepare import prepare
+    """Write the prepared copy of a config's train set (or one shard)."""
+    from .prepare import ANNOTATION, prepare, rate_text
     report = prepare(args.config, args.out, args.workers, args.quality,
-                     args.cfg_options)
+                     args.cfg_options, args.shard)
     for source, error in report['corrupt']:
         print(f'skipped unreadable sample {source}: {error}')
-    print(f'prepare: {report["samples"]} samples: {report["written"]} '
-          f'written, {report["skipped"]} already done, '
-          f'{len(report["corrupt"])} unreadable (left out of the annotation '
-          f'file); {report["seconds"]:.1f} s, copies '
-          f'{report["bytes"] / 2**20:.1f} MiB at short sides '
+    print(f'prepare: {report["sources"]} sources: {report["written"]} '
+          f'written, {report["raced"]} finished first by another process, '
+          f'{report["skipped"]} already done, {len(report["corrupt"])} '
+          f'unreadable (left out of {ANNOTATION}); copies at short sides '
           f'{report["short_sides"]}')
-    print(f'config: {report["config"]}')
+    print(rate_text(report))
+    if report['config'] is None:
+        print(f'prepare: shard {args.shard} done. When every shard is done, '
+              'run the same command without --shard: it converts what the '
+              f'shards left and writes {ANNOTATION} and the config.')
+    else:
+        print(f'config: {report["config"]}')
     return 0
 
 
@@ -418,7 +423,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description='Write the train set of CONFIG as JPEG frames at the '
         'reduced short sides its multigrid shapes resize to, and '
         'OUT/<config>.py that trains from them (the default shape still '
-        'reads the source). Resumable and idempotent.')
+        'reads the source). Resumable and idempotent; several processes or '
+        'machines may write to the same OUT.')
     r.add_argument('config', help='config file with `multi_grid`')
     r.add_argument('--out', required=True, help='output folder')
     r.add_argument(
@@ -428,6 +434,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         type=int,
         default=90,
         help='JPEG quality of the copies (default: 90)')
+    r.add_argument(
+        '--shard',
+        metavar='I/N',
+        help='convert only every N-th distinct source, from number I '
+        '(counted from 0; e.g. 0/4 to 3/4 on 4 machines), and write no '
+        'list or config; then run once without --shard to write them')
     r.add_argument(
         '--cfg-options',
         nargs='+',

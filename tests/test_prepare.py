@@ -1,8 +1,12 @@
 """``python -m mmaction_multigrid prepare``: the reduced-resolution copy of
-a train set, its annotation file and config, and which copy each multigrid
-shape reads."""
+a train set, its annotation file and config, which copy each multigrid
+shape reads, and several writers (processes, runs, shards) on one copy."""
+import collections
 import os
 import os.path as osp
+import socket
+import subprocess
+import sys
 
 import cv2
 import decord
@@ -11,6 +15,7 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+import mmaction_multigrid.prepare as prepare_module
 from mmaction_multigrid.cli import DEMO_CONFIG, main
 from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
 from mmaction_multigrid.prepare import prepare
@@ -140,11 +145,28 @@ def mtimes(folder: str) -> dict:
     }
 
 
+HOST = socket.gethostname().replace('.', '_')
+
+
+def temp_folder(out: str, sample: str, host: str, pid: int) -> str:
+    """The temporary 36-pixel folder of ``train/sample`` that process
+    ``pid`` of ``host`` writes."""
+    return osp.join(out, 'short36', 'train', f'.{sample}.{host}-{pid}.part')
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited."""
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
 def test_idempotent_and_resumable(tmp_path, data, capsys):
     """A second run writes nothing (same files, same mtimes); after a
     simulated kill (a sample's half-written temporary folder, its finished
-    folder missing) only that sample is written, and the temporary folder
-    is gone."""
+    folder missing) only that sample is written, and the killed process's
+    temporary folder is gone; those of writers that may still run (on this
+    machine or another) are left."""
     config = write_config(str(tmp_path / 'mg.py'), data)
     out = str(tmp_path / 'copy')
     assert main(['prepare', config, '--out', out, '--workers', '1']) == 0
@@ -160,13 +182,24 @@ def test_idempotent_and_resumable(tmp_path, data, capsys):
     for name in os.listdir(folder):
         os.remove(osp.join(folder, name))
     os.rmdir(folder)
-    part = osp.join(out, 'short36', 'train', '.00_001.part')
+    part = temp_folder(out, '00_001', HOST, dead_pid())
     os.makedirs(part)
     with open(osp.join(part, 'img_00001.jpg'), 'wb') as f:
         f.write(b'half')
+    # Temporary folders of writers that may still run: one on this machine
+    # (the pytest parent process), one on another machine.
+    running = [
+        temp_folder(out, '00_000', HOST, os.getppid()),
+        temp_folder(out, '00_000', 'other-machine', dead_pid())
+    ]
+    for live in running:
+        os.makedirs(live)
     resumed = prepare(config, out, workers=1)
     assert resumed['written'] == 1 and resumed['skipped'] == 7
     assert not osp.exists(part)
+    assert all(osp.isdir(live) for live in running)
+    for live in running:
+        os.rmdir(live)
     assert len(frame_files(folder)) == 40
     after = mtimes(out)
     changed = {p for p in after if before.get(p) != after[p]}
@@ -265,3 +298,209 @@ def test_unfinished_copy_is_a_config_error(tmp_path, data):
     cfg = dataset_cfg(data, Config.fromfile(DEMO_CONFIG).train_pipeline)
     with pytest.raises(ValueError, match='multi_grid.prepared_copy'):
         MultiGridDataset(cfg, prepared_copy=str(tmp_path))
+
+
+def hidden(out: str) -> list:
+    """Temporary files and folders (hidden names) under ``out``."""
+    return [
+        osp.join(d, name) for d, folders, files in os.walk(out)
+        for name in folders + files if name.startswith('.')
+    ]
+
+
+def test_repeated_lines_decode_each_source_once(tmp_path, monkeypatch):
+    """An annotation file listing each of 12 videos and a corrupt one 20
+    times, 8 processes: each source is decoded once, the list keeps every
+    readable line with its repeats, in order, and no temporary file or
+    folder is left."""
+    data = make_dataset(
+        str(tmp_path / 'src'),
+        videos_per_class=3,
+        num_frames=40,
+        size=SOURCE,
+        corrupt=1)
+    with open(data['train_ann']) as f:
+        once = f.read().splitlines()
+    repeated = [line for _ in range(20) for line in once]
+    with open(data['train_ann'], 'w') as f:
+        f.write(''.join(line + '\n' for line in repeated))
+    log = str(tmp_path / 'decoded.txt')
+    decode = prepare_module._video_frames
+
+    def logged(path):
+        with open(log, 'a') as f:  # one short append per call: atomic
+            f.write(path + '\n')
+        return decode(path)
+
+    # The pool forks its processes from this one: they decode through
+    # ``logged`` too (and still decode).
+    monkeypatch.setattr(prepare_module, '_video_frames', logged)
+    config = write_config(str(tmp_path / 'mg.py'), data)
+    out = str(tmp_path / 'copy')
+    report = prepare(config, out, workers=8)
+    assert report['workers'] == 8 and report['samples'] == 260
+    assert report['written'] == 12 and len(report['corrupt']) == 1
+    with open(log) as f:
+        decoded = collections.Counter(f.read().splitlines())
+    assert sorted(osp.relpath(path, data['data_prefix'])
+                  for path in decoded) == sorted(line.split()[0]
+                                                 for line in once)
+    assert set(decoded.values()) == {1}
+    with open(osp.join(out, 'train_list.txt')) as f:
+        assert f.read().splitlines() == [
+            line for line in repeated if 'corrupt' not in line
+        ]
+    for side in SIDES:
+        assert len(os.listdir(osp.join(out, f'short{side}', 'train'))) == 12
+    assert hidden(out) == []
+
+
+def test_copy_another_writer_finished_meanwhile_is_kept(
+        tmp_path, data, monkeypatch):
+    """While this process decodes a video, another writer finishes its
+    copies: the sample counts as raced, the other writer's copies stay as
+    they are and ours are removed."""
+    source = osp.join(data['data_prefix'], 'train', '00_000.mp4')
+    outputs = {
+        side: str(tmp_path / f'short{side}' / 'train' / '00_000')
+        for side in SIDES
+    }
+    decode = prepare_module._video_frames
+
+    def other_writer_finishes(path):
+        for folder in outputs.values():
+            os.makedirs(folder)
+            with open(osp.join(folder, 'img_00001.jpg'), 'wb') as f:
+                f.write(b'theirs')
+        return decode(path)
+
+    monkeypatch.setattr(prepare_module, '_video_frames', other_writer_finishes)
+    result = prepare_module.prepare_sample(
+        dict(
+            source=source,
+            kind='video',
+            names=None,
+            quality=90,
+            outputs=outputs))
+    assert result.status == 'raced' and result.nbytes > 0
+    for folder in outputs.values():
+        assert os.listdir(folder) == ['img_00001.jpg']
+        with open(osp.join(folder, 'img_00001.jpg'), 'rb') as f:
+            assert f.read() == b'theirs'
+    assert hidden(str(tmp_path)) == []
+
+
+def files(out: str) -> dict:
+    """Content of each file under ``out`` but the config, by relative
+    path."""
+    found = {}
+    for d, _, names in os.walk(out):
+        for name in names:
+            path = osp.join(d, name)
+            if not name.endswith('.py'):
+                with open(path, 'rb') as f:
+                    found[osp.relpath(path, out)] = f.read()
+    return found
+
+
+def start_prepare(config: str, out: str, *options: str) -> subprocess.Popen:
+    """``python -m mmaction_multigrid prepare CONFIG --out OUT OPTIONS``
+    in a new process."""
+    return subprocess.Popen([
+        sys.executable, '-m', 'mmaction_multigrid', 'prepare', config, '--out',
+        out, *options
+    ],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_concurrent_runs_on_one_folder(tmp_path, prepared):
+    """Two ``prepare`` processes started together on the same folder both
+    succeed, and the folder holds the same files, byte for byte, as one
+    run writes, and no temporary file or folder."""
+    out = str(tmp_path / 'copy')
+    procs = [
+        start_prepare(prepared['config'], out, '--workers', '2')
+        for _ in range(2)
+    ]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert f'config: {osp.join(out, "mg.py")}' in stdout
+    assert files(out) == files(prepared['out'])
+    assert hidden(out) == []
+
+
+def test_shards_then_final_run(tmp_path, data, capsys):
+    """``--shard 0/2`` and ``--shard 1/2`` write every other distinct
+    source (sorted) and no list or config; the final run without
+    ``--shard`` converts nothing more and writes the list and config."""
+    config = write_config(str(tmp_path / 'mg.py'), data)
+    out = str(tmp_path / 'copy')
+
+    def samples(side):
+        return sorted(os.listdir(osp.join(out, f'short{side}', 'train')))
+
+    def run(shard):
+        return main([
+            'prepare', config, '--out', out, '--workers', '1', '--shard', shard
+        ])
+
+    assert run('0/2') == 0
+    assert 'run the same command without --shard' in capsys.readouterr().out
+    for side in SIDES:
+        assert samples(side) == ['00_000', '01_000', '02_000', '03_000']
+    assert sorted(os.listdir(out)) == ['short36', 'short51']
+    assert run('1/2') == 0
+    for side in SIDES:
+        assert samples(side) == [
+            f'{label:02}_{i:03}' for label in range(4) for i in range(2)
+        ]
+    assert sorted(os.listdir(out)) == ['short36', 'short51']
+    before = mtimes(out)
+    final = prepare(config, out, workers=1)
+    assert final['written'] == 0 and final['skipped'] == 8
+    assert len(final['corrupt']) == 2
+    assert mtimes(out) == {**mtimes(out), **before}
+    with open(data['train_ann']) as f:
+        source = f.read().splitlines()
+    with open(osp.join(out, 'train_list.txt')) as f:
+        assert f.read().splitlines() == [
+            line for line in source if 'corrupt' not in line
+        ]
+    assert Config.fromfile(final['config']).multi_grid.prepared_copy == out
+
+
+def test_bad_shard_is_an_error(tmp_path, data, capsys):
+    config = write_config(str(tmp_path / 'mg.py'), data)
+    for shard in ('2/2', '0/0', '1', 'a/4'):
+        assert main([
+            'prepare', config, '--out',
+            str(tmp_path / 'copy'), '--shard', shard
+        ]) == 2
+        assert '--shard must be I/N with 0 <= I < N' in capsys.readouterr().err
+    assert not osp.exists(tmp_path / 'copy')
+
+
+def test_write_failure_is_one_error_line(tmp_path):
+    """A copy that cannot be written (a file where its folder goes) stops
+    the run: exit status 2, one error line naming the sample and what to
+    do, no traceback, no temporary folder, no list or config. (No corrupt
+    sources here: decoders print their own lines about those.)"""
+    data = make_dataset(
+        str(tmp_path / 'src'), videos_per_class=2, num_frames=40, size=SOURCE)
+    config = write_config(str(tmp_path / 'mg.py'), data)
+    out = tmp_path / 'copy'
+    (out / 'short36' / 'train').mkdir(parents=True)
+    (out / 'short36' / 'train' / '02_001').write_text('in the way')
+    proc = start_prepare(config, str(out), '--workers', '4')
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith('error: prepare: cannot write the copy of ')
+    assert osp.join('train', '02_001.mp4') in stderr
+    assert 'run the same command again' in stderr
+    assert 'Traceback' not in stdout + stderr
+    assert hidden(str(out)) == []
+    assert sorted(os.listdir(out)) == ['short36', 'short51']
