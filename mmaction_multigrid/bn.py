@@ -36,25 +36,6 @@ def _check_base_size(base_size: int) -> int:
     return base_size
 
 
-def _group_slots(bn: nn.modules.batchnorm._BatchNorm, groups: int,
-                 device: torch.device) -> Tuple[Tensor, Tensor]:
-    """Per-group running statistics for ``groups`` groups, shape (G, C).
-
-    Existing slots are kept, extra ones dropped; new slots start from the
-    layer's current running statistics.
-    """
-    mean, var = bn._split_mean, bn._split_var
-    if mean is None:
-        mean = var = bn.running_mean.new_empty((0, bn.num_features))
-    if mean.device != device:
-        mean, var = mean.to(device), var.to(device)
-    missing = groups - mean.shape[0]
-    if missing > 0:
-        mean = torch.cat([mean, bn.running_mean.expand(missing, -1)])
-        var = torch.cat([var, bn.running_var.expand(missing, -1)])
-    return mean[:groups], var[:groups]
-
-
 def _num_groups(n: int, base_size: int) -> int:
     """Number of groups G for a batch of ``n`` > ``base_size`` samples:
     ``ceil(n / base_size)``; sample ``i`` belongs to group ``i % G``."""
@@ -64,15 +45,20 @@ def _num_groups(n: int, base_size: int) -> int:
 def _batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 mean: Optional[Tensor], var: Optional[Tensor], momentum: float,
                 eps: float) -> Tensor:
-    """Training-mode ``F.batch_norm``; channels with one value each (a
-    1-clip group of 1x1x1 features, which BatchNorm refuses) normalise to
-    0, so they give the bias, with zero gradient to ``x``, and leave the
-    running statistics as they are."""
+    """Training-mode batch norm; channels with one value each (a 1-clip
+    group of 1x1x1 features, which BatchNorm refuses) normalise to 0, so
+    they give the bias, with zero gradient to ``x``, and leave the running
+    statistics as they are.
+
+    ``torch.batch_norm`` itself, not ``F.batch_norm``: the functional's
+    argument checks cost more CPU than the kernel launch at small shapes.
+    """
     if x.numel() == x.shape[1]:
         out = x * 0
         return out if bias is None else out + bias.view(
             1, -1, *[1] * (x.dim() - 2)).to(out.dtype)
-    return F.batch_norm(x, mean, var, weight, bias, True, momentum, eps)
+    return torch.batch_norm(x, weight, bias, mean, var, True, momentum, eps,
+                            torch.backends.cudnn.enabled)
 
 
 def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
@@ -84,8 +70,10 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
     ``x`` is viewed as (N / G, G * C, ...) with no copy and normalised by
     one native BatchNorm call over ``G * C`` channels, whose running
     statistics are the groups'. Otherwise (a last, smaller batch) each group
-    is normalised on its own. In training the layer's running statistics
-    are then set to the groups' aggregation.
+    is normalised on its own. The layer's own running statistics become
+    the groups' aggregation when next read (see :class:`_SubBatchMixin`):
+    on a GPU this path is bound by the CPU that launches its kernels, so it
+    launches as few as it can.
 
     Args:
         bn (_BatchNorm): A :class:`SubBatchNorm3d` or
@@ -98,46 +86,58 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
     n, channels = x.shape[:2]
     groups = _num_groups(n, bn.base_size)
     track = bn.training and bn.track_running_stats
-    mean = var = None
     factor = 0.0
     if track:
-        bn.num_batches_tracked.add_(1)
-        factor = (1.0 / float(bn.num_batches_tracked)
-                  if bn.momentum is None else bn.momentum)
-        mean, var = _group_slots(bn, groups, x.device)
-    if n % groups == 0:
-        weight, bias = (None if p is None else p.repeat(groups)
-                        for p in (bn.weight, bn.bias))
-        out = _batch_norm(
-            x.reshape(n // groups, groups * channels, *x.shape[2:]), weight,
-            bias, None if mean is None else mean.view(-1),
-            None if var is None else var.view(-1), factor,
-            bn.eps).view(x.shape)
-    else:
-        parts = [
-            _batch_norm(x[g::groups], bn.weight, bn.bias,
-                        None if mean is None else mean[g],
-                        None if var is None else var[g], factor, bn.eps)
-            for g in range(groups)
-        ]
-        # Row r of the concatenation holds sample order[r].
-        order = torch.cat([
-            torch.arange(g, n, groups, device=x.device) for g in range(groups)
-        ])
-        out = torch.cat(parts)[order.argsort()]
+        tracked = bn.num_batches_tracked
+        tracked.add_(1)
+        factor = (1.0 /
+                  float(tracked) if bn.momentum is None else bn.momentum)
+    if n % groups:
+        return _uneven_forward(bn, x, groups, track, factor)
+    mean = var = None
     if track:
-        with torch.no_grad():
-            bn._split_mean, bn._split_var = mean, var
-            total = torch.mean(mean, 0, out=bn.running_mean)
-            # Biased variance of the group means, written out: Tensor.var
-            # over dim 0 is about 20x slower on CPU (torch 2.13, C=2048).
-            spread = (mean - total).square_().mean(0)
-            torch.mean(var, 0, out=bn.running_var).add_(spread)
-    return out
+        mean, var = bn._group_slots(groups, x.device, flat=True)
+    weight, bias = bn.weight, bn.bias
+    if weight is not None:
+        index = bn._channel_index(groups, x.device)
+        weight = weight.index_select(0, index)
+        bias = bias.index_select(0, index)
+    return _batch_norm(
+        x.reshape(n // groups, groups * channels, *x.shape[2:]), weight, bias,
+        mean, var, factor, bn.eps).view(x.shape)
+
+
+def _uneven_forward(bn: nn.modules.batchnorm._BatchNorm, x: Tensor,
+                    groups: int, track: bool, factor: float) -> Tensor:
+    """:func:`_sub_batch_forward` when ``groups`` does not divide N: each
+    group normalised on its own."""
+    n = x.shape[0]
+    mean = var = None
+    if track:
+        mean, var = bn._group_slots(groups, x.device)
+    parts = [
+        _batch_norm(x[g::groups], bn.weight, bn.bias,
+                    None if mean is None else mean[g],
+                    None if var is None else var[g], factor, bn.eps)
+        for g in range(groups)
+    ]
+    # Row r of the concatenation holds sample order[r].
+    order = torch.cat(
+        [torch.arange(g, n, groups, device=x.device) for g in range(groups)])
+    return torch.cat(parts)[order.argsort()]
 
 
 class _SubBatchMixin:
-    """State and helpers shared by the sub-batch BN layers."""
+    """State and helpers shared by the sub-batch BN layers.
+
+    The per-group running statistics live in ``_split_mean`` /
+    ``_split_var`` (G, C). The layer's ``running_mean`` / ``running_var``
+    are their aggregation (mean of the group means; mean of the group
+    variances plus the biased variance of the group means), computed when
+    they are next read (attribute access, ``state_dict``, a plain-BN step)
+    rather than after every split step: six small kernels per layer and
+    step are what made sub-batch BN cost up to 1.6x an iteration on a GPU.
+    """
 
     base_size: int
     _split_mean: Optional[Tensor]
@@ -146,17 +146,80 @@ class _SubBatchMixin:
     def _init_sub_batch(self, base_size: int) -> None:
         self.base_size = _check_base_size(base_size)
         # Plain attributes, not buffers: the state_dict stays BatchNorm's.
-        self._split_mean = None
-        self._split_var = None
+        self._set_slots(None, None)
+        self._stale = False
+        self._indices: Dict[Tuple[int, torch.device], Tensor] = {}
+
+    def __getattr__(self, name: str):
+        if name in ('running_mean', 'running_var') and \
+                self.__dict__.get('_stale'):
+            self._aggregate()
+        return super().__getattr__(name)
+
+    def _aggregate(self) -> None:
+        """Write the groups' aggregation into the running statistics."""
+        self._stale = False
+        mean, var = self._split_mean, self._split_var
+        running_mean = self._buffers['running_mean']
+        running_var = self._buffers['running_var']
+        with torch.no_grad():
+            total = mean.mean(0)
+            spread = (mean - total).square_().mean(0)
+            running_mean.copy_(total)
+            running_var.copy_(var.mean(0).add_(spread))
+
+    def _group_slots(self,
+                     groups: int,
+                     device: torch.device,
+                     flat: bool = False) -> Tuple[Tensor, Tensor]:
+        """Per-group running statistics for ``groups`` groups, shape (G, C)
+        (or (G * C,) with ``flat``), marked as not yet aggregated.
+
+        Existing slots are kept, extra ones dropped; new slots start from
+        the layer's current running statistics (the aggregation of the
+        slots so far).
+        """
+        mean = self._split_mean
+        if mean is None or mean.shape[0] != groups or mean.device != device:
+            running_mean, running_var = self.running_mean, self.running_var
+            var = self._split_var
+            if mean is None:
+                mean = var = running_mean.new_empty((0, self.num_features))
+            mean, var = mean.to(device), var.to(device)
+            missing = groups - mean.shape[0]
+            if missing > 0:
+                mean = torch.cat([mean, running_mean.expand(missing, -1)])
+                var = torch.cat([var, running_var.expand(missing, -1)])
+            self._set_slots(mean[:groups], var[:groups])
+        self.__dict__['_stale'] = True  # not nn.Module.__setattr__: hot path
+        return self._flat if flat else (self._split_mean, self._split_var)
+
+    def _set_slots(self, mean: Optional[Tensor],
+                   var: Optional[Tensor]) -> None:
+        """Keep ``(mean, var)`` (G, C) as the groups' statistics."""
+        self._split_mean, self._split_var = mean, var
+        self._flat = None if mean is None else (mean.view(-1), var.view(-1))
+
+    def _channel_index(self, groups: int, device: torch.device) -> Tensor:
+        """Channel of each of the ``groups * C`` grouped channels (cached:
+        one gather per parameter is the cheapest way to repeat them)."""
+        index = self._indices.get((groups, device))
+        if index is None:
+            index = torch.arange(
+                groups * self.num_features, device=device) % self.num_features
+            self._indices[groups, device] = index
+        return index
 
     def reset_split_stats(self) -> None:
-        """Forget the per-group running statistics.
+        """Forget the per-group running statistics (after writing their
+        aggregation into ``running_mean`` / ``running_var``).
 
         The next split training step starts every group from the layer's
         current ``running_mean`` / ``running_var``.
         """
-        self._split_mean = None
-        self._split_var = None
+        if self._stale:
+            self._aggregate()
+        self._set_slots(None, None)
 
     def split_stats(self) -> Optional[Tuple[Tensor, Tensor]]:
         """Per-group running ``(mean, var)``, each of shape (G, C), or None
@@ -168,17 +231,26 @@ class _SubBatchMixin:
     def load_split_stats(self, mean: Tensor, var: Tensor) -> None:
         """Continue from per-group statistics that :meth:`split_stats`
         returned (e.g. from a checkpoint), on this layer's device."""
-        device = self.running_mean.device
-        self._split_mean, self._split_var = mean.to(device), var.to(device)
+        device = self._buffers['running_mean'].device
+        self._set_slots(mean.to(device), var.to(device))
+        self._stale = True
 
     def _use_sub_batch(self, x: Tensor) -> bool:
-        bn_training = self.training or self.running_mean is None
+        bn_training = self.training or self._buffers.get(
+            'running_mean') is None
         return bn_training and x.shape[0] > self.base_size
+
+    def _save_to_state_dict(self, destination, prefix: str,
+                            keep_vars: bool) -> None:
+        if self._stale:
+            self._aggregate()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict: Dict, prefix: str, *args,
                               **kwargs) -> None:
         # Loaded running statistics replace whatever the groups tracked.
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._stale = False
         self.reset_split_stats()
 
     def extra_repr(self) -> str:
