@@ -10,6 +10,7 @@ from .bn import SubBatchNorm3d, convert_sub_batch_bn
 from .checkpoint_compat import allow_mmengine_checkpoints
 from .collate import multigrid_collate
 from .convert import convert_config, validate_options
+from .data_preprocessor import MultiGridDataPreprocessor
 from .datasets import MultiGridDataset, ShapedIndex
 from .hooks import MultiGridHook
 from .loops import MultiGridTrainLoop
@@ -27,7 +28,7 @@ install_switch()
 allow_mmengine_checkpoints()
 
 __all__ = [
-    'ExactResumeHook', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR',
+    'ExactResumeHook', 'MultiGridDataPreprocessor', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR',
     'MultiGridRunner', 'MultiGridSchedule', 'MultiGridTrainLoop',
     'PreciseBNHook', 'PreparedFrameInit', 'RandomIntervalSampleFrames',
     'ReducedRawFrameDecode', 'ShapedIndex', 'ShortCycleBatchSampler',
