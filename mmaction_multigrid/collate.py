@@ -8,7 +8,7 @@ clips, so that cost grows with them. Stacking the clips and the labels each
 into one tensor in the worker makes it one block per field, whatever the
 batch size.
 """
-from typing import List, Sequence
+from typing import Any, List, Sequence
 
 import torch
 from mmengine.dataset import pseudo_collate
@@ -67,3 +67,26 @@ def multigrid_collate(data_batch: Sequence[dict]) -> dict:
     if samples and all(isinstance(s, BaseDataElement) for s in samples):
         _share_fields(samples)
     return batch
+
+
+def join_batches(parts: Sequence[Any]) -> Any:
+    """One batch from consecutive collated chunks of it: lists are
+    concatenated, tensors too (along the first dimension), dicts key by
+    key.
+
+    Args:
+        parts (Sequence): Collated chunks, in order.
+
+    Returns:
+        The collated batch.
+    """
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if isinstance(first, dict):
+        return {key: join_batches([p[key] for p in parts]) for key in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(x for p in parts for x in p)
+    if isinstance(first, Tensor):
+        return torch.cat(list(parts))
+    raise TypeError(f'cannot join batch chunks of type {type(first)}')

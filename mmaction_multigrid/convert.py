@@ -407,8 +407,13 @@ def convert_config(cfg):
         temporal_sampling=opts['temporal_sampling'],
         reduced_decode=opts['reduced_decode'],
         prepared_copy=opts['prepared_copy'])
+    # Batches of up to 16x the stock clips reach the workers in chunks of
+    # the stock batch size, so that several workers load each batch.
     loader['batch_sampler'] = dict(
-        type='ShortCycleBatchSampler', drop_last=drop_last, schedule=args)
+        type='ShortCycleBatchSampler',
+        drop_last=drop_last,
+        schedule=args,
+        chunk_size=batch_size)
     collate = loader.get('collate_fn', dict(type='pseudo_collate'))
     if list(collate) == ['type'] and type_name(
             collate['type']) == 'pseudo_collate':

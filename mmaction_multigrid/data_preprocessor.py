@@ -7,7 +7,7 @@ of clips, and multigrid batches hold up to 16x the stock clips: on a GPU
 node, where the training process is busy launching kernels, it delayed
 every large batch by about a third of a stock iteration. The clips and the
 labels that :func:`~mmaction_multigrid.collate.multigrid_collate` stacked
-into one block each travel here as one copy each.
+into one block per loaded chunk travel here as one copy per chunk.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -27,17 +27,33 @@ def one_block(tensors: Sequence[Any]) -> Optional[Tensor]:
     if not tensors or not all(isinstance(t, Tensor) for t in tensors):
         return None
     first = tensors[0]
-    size, step = first.shape, first.numel()
-    offset = first.storage_offset()
-    ptr = first.untyped_storage().data_ptr()
-    for k, t in enumerate(tensors):
-        if (t.shape != size or t.dtype != first.dtype
-                or t.device != first.device or not t.is_contiguous()
-                or t.storage_offset() != offset + k * step
-                or t.untyped_storage().data_ptr() != ptr):
-            return None
-    return first.as_strided((len(tensors), *size),
-                            (step, *first.stride()), offset)
+    if len(_runs(tensors)) != 1:
+        return None
+    return first.as_strided((len(tensors), *first.shape),
+                            (first.numel(), *first.stride()),
+                            first.storage_offset())
+
+
+def _follows(prev: Tensor, t: Tensor) -> bool:
+    """Whether ``t`` is the row right after ``prev`` in one storage."""
+    return (t.shape == prev.shape and t.dtype == prev.dtype
+            and t.device == prev.device and t.is_contiguous()
+            and t.storage_offset() == prev.storage_offset() + prev.numel()
+            and t.untyped_storage().data_ptr() ==
+            prev.untyped_storage().data_ptr())
+
+
+def _runs(tensors: Sequence[Tensor]) -> List[Tuple[int, int]]:
+    """``(start, stop)`` of the maximal runs of back-to-back rows (a batch
+    joined from chunks has one run per chunk)."""
+    runs, start = [], 0
+    for k in range(1, len(tensors) + 1):
+        if k == len(tensors) or not (tensors[start].is_contiguous()
+                                     and _follows(tensors[k - 1],
+                                                  tensors[k])):
+            runs.append((start, k))
+            start = k
+    return runs
 
 
 def _tensor_leaves(element: BaseDataElement,
@@ -62,8 +78,9 @@ def _set_leaf(element: BaseDataElement, path: Path, value: Tensor) -> None:
 class MultiGridDataPreprocessor(ActionDataPreprocessor):
     """``ActionDataPreprocessor`` with a batched ``cast_data``.
 
-    A batch's ``inputs`` that are rows of one tensor are copied to the device
-    as that tensor and handed on as its rows; the data samples' tensor
+    A batch's ``inputs`` that are rows of a few tensors (one per loaded
+    chunk) are copied to the device as those tensors and handed on as their
+    rows; the data samples' tensor
     fields likewise, field by field, set in place on the samples the loader
     produced. Anything else is cast as by MMEngine. The result equals
     ``ActionDataPreprocessor``'s. The multigrid conversion puts this class
@@ -87,11 +104,17 @@ class MultiGridDataPreprocessor(ActionDataPreprocessor):
         return out
 
     def _cast_rows(self, tensors: List[Any]) -> List[Any]:
-        block = one_block(tensors)
-        if block is None:
+        if not tensors or not all(isinstance(t, Tensor) for t in tensors):
             return super().cast_data(tensors)
-        return list(
-            block.to(self.device, non_blocking=self._non_blocking).unbind(0))
+        rows: List[Tensor] = []
+        for start, stop in _runs(tensors):
+            block = one_block(tensors[start:stop])
+            if block is None:  # a lone row that is no block
+                rows += super().cast_data(tensors[start:stop])
+            else:
+                rows += block.to(
+                    self.device, non_blocking=self._non_blocking).unbind(0)
+        return rows
 
     def _cast_samples(
             self, samples: List[BaseDataElement]) -> List[BaseDataElement]:

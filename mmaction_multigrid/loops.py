@@ -14,6 +14,7 @@ from typing import List, Tuple
 
 from mmengine.runner import EpochBasedTrainLoop
 
+from .collate import join_batches
 from .rng import preserved_rng
 from .samplers import ShortCycleBatchSampler
 from .schedule import MultiGridSchedule
@@ -160,8 +161,12 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
         self.runner.model.train()
         if self._batches is None:
             self._start_batches()
+        counts = self.dataloader.batch_sampler.chunk_counts(self._epoch)
         for idx in range(self.epoch_lengths[self._epoch]):
-            self.run_iter(idx, next(self._batches))
+            self.run_iter(
+                idx,
+                join_batches([next(self._batches)
+                              for _ in range(counts[idx])]))
         if not self._prefetches_across_epochs():
             self._batches = None
         self.runner.call_hook('after_train_epoch')

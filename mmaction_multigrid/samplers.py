@@ -33,6 +33,13 @@ class ShortCycleBatchSampler(BatchSampler):
     data loader can prefetch across epoch boundaries
     (:class:`~mmaction_multigrid.loops.MultiGridTrainLoop`).
 
+    With ``chunk_size``, each batch is yielded as consecutive chunks of at
+    most that many indices (:meth:`chunk_counts` says how many per batch),
+    which a data loader hands to different workers; the train loop joins
+    them again. A batch of up to 16x the stock clips then loads in about
+    the time of a stock batch instead of 16x that, by one worker: the first
+    batch of a run waits on it.
+
     Args:
         sampler (Sampler): The per-rank sampler (e.g. ``DefaultSampler``).
         batch_size (int): The stock per-GPU batch size.
@@ -41,13 +48,16 @@ class ShortCycleBatchSampler(BatchSampler):
         schedule (dict): Arguments of
             :class:`~mmaction_multigrid.schedule.MultiGridSchedule` except
             ``batch_size``.
+        chunk_size (int, optional): Indices per yielded chunk; None yields
+            whole batches. Defaults to None.
     """
 
     def __init__(self,
                  sampler: Sampler,
                  batch_size: int,
                  drop_last: bool = True,
-                 schedule: dict = None) -> None:
+                 schedule: dict = None,
+                 chunk_size: Optional[int] = None) -> None:
         if schedule is None:
             raise ValueError('ShortCycleBatchSampler needs `schedule`; it is '
                              'written by the multigrid config conversion.')
@@ -55,6 +65,7 @@ class ShortCycleBatchSampler(BatchSampler):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.schedule = MultiGridSchedule(batch_size=batch_size, **schedule)
+        self.chunk_size = chunk_size
         self.epoch = 0
         self.end_epoch: Optional[int] = None
 
@@ -71,6 +82,20 @@ class ShortCycleBatchSampler(BatchSampler):
         """Number of batches of ``epoch``."""
         return self.schedule.num_batches(epoch, len(self.sampler),
                                          self.drop_last)
+
+    def chunk_counts(self, epoch: int) -> List[int]:
+        """Number of chunks of each batch of ``epoch``."""
+        shapes = self.schedule.batch_shapes(epoch)
+        samples = len(self.sampler)
+        step = self.chunk_size
+        counts, start = [], 0
+        for k in range(self.num_batches(epoch)):
+            size = shapes[k % len(shapes)].batch_size
+            if not self.drop_last:
+                size = min(start + size, samples) - start
+            start += size
+            counts.append(-(-size // step) if step else 1)
+        return counts
 
     def __len__(self) -> int:
         return self.num_batches(self.epoch)
@@ -97,11 +122,14 @@ class ShortCycleBatchSampler(BatchSampler):
                 chunk = [order[i % len(order)] for i in range(start, stop)]
             else:
                 chunk = order[start:stop]
-            yield [
+            batch = [
                 ShapedIndex(i,
                             shape.clip_len, shape.frame_interval, *shape.size,
                             seed(start + k)) for k, i in enumerate(chunk)
             ]
+            step = self.chunk_size or len(batch)
+            for first in range(0, len(batch), step):
+                yield batch[first:first + step]
             start = stop
 
     def _seeds(self, epoch: int) -> Callable[[int], Optional[int]]:

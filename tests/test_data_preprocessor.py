@@ -77,3 +77,16 @@ def test_cuda_same_result_as_stock():
     assert torch.equal(
         _labels(ours['data_samples']).cpu(),
         _labels(stock['data_samples']).cpu())
+
+
+def test_joined_chunks_copy_once_per_chunk():
+    from mmaction_multigrid.collate import join_batches
+    from mmaction_multigrid.data_preprocessor import _runs
+    chunks = [_batch(4), _batch(4), _batch(3)]
+    batch = join_batches(chunks)
+    assert _runs(batch['inputs']) == [(0, 4), (4, 8), (8, 11)]
+    stock = ActionDataPreprocessor(**ARGS)(copy.deepcopy(batch), True)
+    ours = MultiGridDataPreprocessor(**ARGS)(batch, True)
+    torch.testing.assert_close(ours['inputs'], stock['inputs'])
+    assert torch.equal(_labels(ours['data_samples']),
+                       _labels(stock['data_samples']))

@@ -194,3 +194,22 @@ def test_no_sampler_seed_no_sample_seed():
     the loading process's streams, as without the plugin."""
     bs = ShortCycleBatchSampler(range(100), batch_size=B, schedule=SCHEDULE)
     assert {i.seed for b in bs for i in b} == {None}
+
+
+@pytest.mark.parametrize('drop_last', [True, False])
+@pytest.mark.parametrize('epoch', [0, 62])
+def test_chunks_join_to_the_batches(epoch, drop_last):
+    whole = _batch_sampler(101, drop_last=drop_last)
+    chunked = _batch_sampler(101, drop_last=drop_last)
+    chunked.chunk_size = 3
+    for bs in (whole, chunked):
+        bs.set_epoch(epoch)
+    batches = list(whole)
+    chunks = iter(chunked)
+    counts = chunked.chunk_counts(epoch)
+    assert len(counts) == len(batches) == len(chunked)
+    for batch, count in zip(batches, counts):
+        parts = [next(chunks) for _ in range(count)]
+        assert all(0 < len(p) <= 3 for p in parts)
+        assert [i for p in parts for i in p] == batch
+    assert next(chunks, None) is None
