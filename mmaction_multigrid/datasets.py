@@ -229,6 +229,16 @@ class MultiGridDataset:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def decodes_video(self) -> bool:
+        """Whether a train set decodes video files at every shape (no
+        prepared copy)."""
+        decoders = {'DecordDecode', 'PyAVDecode', 'OpenCVDecode'}
+        return self._copy is None and any(
+            str(step.get('type')).rsplit('.', 1)[-1] in decoders
+            or getattr(step.get('type'), '__name__', None) in decoders
+            for _, pipeline in self._leaves for step in pipeline)
+
     def _pipeline(self, leaf: int, shape: ShapedIndex) -> SkipBroken:
         """Pipeline of leaf dataset ``leaf`` for ``shape`` (cached)."""
         key = (leaf, shape._replace(index=0, seed=None))

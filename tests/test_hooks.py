@@ -192,3 +192,23 @@ def test_precise_bn_updates_bn_in_the_neck(videos32, tmp_path):
     assert neck, 'the TPN neck has BN layers'
     for name in last_before:
         assert not torch.equal(last_before[name], last_after[name]), name
+
+
+def _before_train(runner):
+    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+    runner.call_hook('before_train')
+    return runner
+
+
+def test_video_without_prepared_copy_is_one_warning_with_the_command(
+        videos, rawframes, tmp_path):
+    runner = _before_train(_runner(videos, tmp_path / 'video'))
+    warnings = [
+        line for line in _log(runner).splitlines()
+        if 'WARNING' in line and 'decodes video files' in line
+    ]
+    assert len(warnings) == 1
+    assert 'python -m mmaction_multigrid prepare' in warnings[0]
+    assert '--measure' in warnings[0]
+    runner = _before_train(_runner(rawframes, tmp_path / 'frames'))
+    assert 'decodes video files' not in _log(runner)
