@@ -6,11 +6,12 @@ way (see :mod:`mmaction_multigrid.runner`) and lets ``torch.load``'s
 weights-only check accept MMEngine's checkpoints (see
 :mod:`mmaction_multigrid.checkpoint_compat`).
 """
+from mmaction.registry import MODELS
+
 from .bn import SubBatchNorm3d, convert_sub_batch_bn
 from .checkpoint_compat import allow_mmengine_checkpoints
 from .collate import multigrid_collate
 from .convert import convert_config, validate_options
-from .data_preprocessor import MultiGridDataPreprocessor
 from .datasets import MultiGridDataset, ShapedIndex
 from .hooks import MultiGridHook
 from .loops import MultiGridTrainLoop
@@ -27,8 +28,18 @@ from .version import __version__
 install_switch()
 allow_mmengine_checkpoints()
 
+
+@MODELS.register_module('MultiGridDataPreprocessor')
+def build_data_preprocessor(**kwargs):
+    """Build :class:`~mmaction_multigrid.data_preprocessor.
+    MultiGridDataPreprocessor` (registered as a builder: its module imports
+    MMAction2's models, which ``plan`` and ``prepare`` do without)."""
+    from .data_preprocessor import MultiGridDataPreprocessor
+    return MultiGridDataPreprocessor(**kwargs)
+
+
 __all__ = [
-    'ExactResumeHook', 'MultiGridDataPreprocessor', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR',
+    'ExactResumeHook', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR',
     'MultiGridRunner', 'MultiGridSchedule', 'MultiGridTrainLoop',
     'PreciseBNHook', 'PreparedFrameInit', 'RandomIntervalSampleFrames',
     'ReducedRawFrameDecode', 'ShapedIndex', 'ShortCycleBatchSampler',

@@ -11,7 +11,6 @@ from typing import List, Optional, Tuple
 
 from mmengine.logging import print_log
 
-from .data_preprocessor import MultiGridDataPreprocessor
 from .lr_rules import LR_SCALINGS, is_step_schedule, scheduler_terms
 from .pipeline import absorb_format, check_format, clip_params, output_size
 from .schedule import (DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS,
@@ -372,8 +371,8 @@ def convert_config(cfg):
     ``multigrid_collate`` (same batches, fewer shared-memory blocks per
     batch); another collate function is kept. The model's
     ``ActionDataPreprocessor`` becomes ``MultiGridDataPreprocessor`` (the
-    same results, one device copy per field of a batch). ``MultiGridHook`` and
-    ``ExactResumeHook`` are added, and ``PreciseBNHook`` with
+    same results, one device copy per field of a batch). ``MultiGridHook``
+    and ``ExactResumeHook`` are added, and ``PreciseBNHook`` with
     ``precise_bn``. The schedule's arguments are written once, into the
     batch sampler; ``MultiGridRunner`` shares the schedule the sampler
     builds with the loop and ``MultiGridLR``. A converted config is returned
@@ -421,9 +420,7 @@ def convert_config(cfg):
     preprocessor = (cfg.get('model') or {}).get('data_preprocessor')
     if isinstance(preprocessor, dict) and type_name(
             preprocessor.get('type')) == 'ActionDataPreprocessor':
-        # A class stays a class (pure-Python configs), a name a name.
-        preprocessor['type'] = ('MultiGridDataPreprocessor' if isinstance(
-            preprocessor['type'], str) else MultiGridDataPreprocessor)
+        preprocessor['type'] = 'MultiGridDataPreprocessor'
     cfg['param_scheduler'] = [dict(type='MultiGridLR')]
     cfg['train_cfg']['max_epochs'] = schedule.max_epochs
     hooks = list(cfg.get('custom_hooks') or [])

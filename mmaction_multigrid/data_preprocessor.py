@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmaction.models.data_preprocessors import ActionDataPreprocessor
-from mmaction.registry import MODELS
 from mmengine.structures import BaseDataElement
 from torch import Tensor
 
@@ -74,7 +73,6 @@ def _set_leaf(element: BaseDataElement, path: Path, value: Tensor) -> None:
     setattr(element, path[-1], value)
 
 
-@MODELS.register_module()
 class MultiGridDataPreprocessor(ActionDataPreprocessor):
     """``ActionDataPreprocessor`` with a batched ``cast_data``.
 

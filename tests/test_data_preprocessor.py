@@ -7,8 +7,9 @@ import torch
 from mmaction.models.data_preprocessors import ActionDataPreprocessor
 from mmaction.structures import ActionDataSample
 
-from mmaction_multigrid import MultiGridDataPreprocessor, multigrid_collate
-from mmaction_multigrid.data_preprocessor import one_block
+from mmaction_multigrid import multigrid_collate
+from mmaction_multigrid.data_preprocessor import (MultiGridDataPreprocessor,
+                                                  one_block)
 
 ARGS = dict(
     mean=[123.675, 116.28, 103.53],
@@ -90,3 +91,9 @@ def test_joined_chunks_copy_once_per_chunk():
     torch.testing.assert_close(ours['inputs'], stock['inputs'])
     assert torch.equal(_labels(ours['data_samples']),
                        _labels(stock['data_samples']))
+
+
+def test_built_from_the_converted_config_name():
+    from mmaction.registry import MODELS
+    built = MODELS.build(dict(type='MultiGridDataPreprocessor', **ARGS))
+    assert isinstance(built, MultiGridDataPreprocessor)
