@@ -33,11 +33,12 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, osp.dirname(HERE))
 
 from bench_sub_batch_bn import (add_device_args, build_i3d, device_name,
-                                time_model)
+                                i3d_schedule, time_model)
 from result_json import write_result
 
-from mmaction_multigrid import MultiGridSchedule, convert_sub_batch_bn
+from mmaction_multigrid import MultiGridSchedule
 from mmaction_multigrid import bn as bn_module
+from mmaction_multigrid import convert_sub_batch_bn
 
 Key = Tuple[int, int, int, int]
 
@@ -99,12 +100,7 @@ def main() -> None:
     add_device_args(parser)
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = False  # the stock configs' setting
-    schedule = MultiGridSchedule(
-        args.clip_len,
-        2,
-        args.size,
-        100, [40, 80],
-        batch_size=args.stock_batch)
+    schedule = i3d_schedule(args)
     torch.manual_seed(0)
     plain = build_i3d(args.device)
     sub = convert_sub_batch_bn(copy.deepcopy(plain), args.stock_batch)
@@ -118,9 +114,8 @@ def main() -> None:
           f'{", float16 autocast" * args.amp}'
           f'{", channels_last_3d" * args.channels_last}; forward + backward'
           ' + SGD step, ms (least median of rounds)')
-    print('batch x frames x HxW   ' + ''.join(f'{v:>13}'
-                                              for v in args.variants) +
-          '   sub/plain')
+    print('batch x frames x HxW   ' +
+          ''.join(f'{v:>13}' for v in args.variants) + '   sub/plain')
     table: Dict[str, Dict[str, float]] = {}
     for key in batch_keys(schedule, stock):
         batch, t, h, w = key
@@ -139,9 +134,10 @@ def main() -> None:
         table[f'{batch}x{t}x{h}x{w}'] = row
         ratio = (f'{row["sub"] / row["plain"]:10.3f}'
                  if {'sub', 'plain'} <= set(row) else '')
-        print(f'{batch:5d} x {t:2d} x {h:3d}x{w:<3d}  ' +
-              ''.join(f'{row[v]:13.1f}' for v in args.variants) + ratio,
-              flush=True)
+        print(
+            f'{batch:5d} x {t:2d} x {h:3d}x{w:<3d}  ' +
+            ''.join(f'{row[v]:13.1f}' for v in args.variants) + ratio,
+            flush=True)
     if args.profile:
         batch, t, h, w = batch_keys(schedule, stock)[1]
         inputs = torch.randn(batch, 1, 3, t, h, w, device=args.device)

@@ -244,9 +244,8 @@ def stock_config(args, root: str, data: str) -> Config:
     cfg.train_dataloader.dataset = dict(
         type='VideoDataset' if data == 'video' else 'RawframeDataset',
         ann_file=osp.join(root, f'train_{data}.txt'),
-        data_prefix=dict(
-            video=osp.join(root, 'videos')) if data == 'video' else dict(
-                img=osp.join(root, 'rawframes')),
+        data_prefix=dict(video=osp.join(root, 'videos'))
+        if data == 'video' else dict(img=osp.join(root, 'rawframes')),
         pipeline=pipeline)
     for key in ('val_dataloader', 'val_cfg', 'val_evaluator',
                 'test_dataloader', 'test_cfg', 'test_evaluator'):
@@ -354,7 +353,9 @@ def whole_schedule(results: dict, name: str, weights: Dict[str, int],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
-        '--conditions', nargs='+', default=list(CONDITIONS),
+        '--conditions',
+        nargs='+',
+        default=list(CONDITIONS),
         choices=list(CONDITIONS))
     parser.add_argument('--videos', type=int, default=16)
     parser.add_argument('--seconds', type=float, default=10.0)
@@ -392,15 +393,19 @@ def main() -> None:
     start = time.perf_counter()
     make_data(args.root, args.videos, frames, size, lines,
               max(args.workers, 1))
-    print(f'data: {args.videos} videos of {frames} frames at '
-          f'{size[1]}x{size[0]}, {lines} annotation lines, '
-          f'{time.perf_counter() - start:.1f} s', flush=True)
+    print(
+        f'data: {args.videos} videos of {frames} frames at '
+        f'{size[1]}x{size[0]}, {lines} annotation lines, '
+        f'{time.perf_counter() - start:.1f} s',
+        flush=True)
     if torch.cuda.is_available():  # CUDA and cuDNN start before any run
         conv = torch.nn.Conv3d(3, 8, 3).cuda()
         conv(torch.randn(1, 3, 4, 8, 8, device='cuda')).sum().backward()
         torch.cuda.synchronize()
-    bases = {d: stock_config(args, args.root, d)
-             for d in ('video', 'rawframes')}
+    bases = {
+        d: stock_config(args, args.root, d)
+        for d in ('video', 'rawframes')
+    }
     mg_default = with_multigrid(bases['video'], {})
     weights = schedule_epochs(mg_default)
     stock_epochs = config_schedule(mg_default).stock_max_epochs
@@ -416,9 +421,10 @@ def main() -> None:
             base = bases[data]
         results[name] = dict(stages={}, skipped=[])
         runs = [(None, base)] if not multigrid else [
-            (j, with_multigrid(base,
-                               dict(options, long_cycle_factors=(
-                                   LONG_CYCLE[j], )))) for j in stages
+            (j,
+             with_multigrid(
+                 base, dict(options, long_cycle_factors=(LONG_CYCLE[j], ))))
+            for j in stages
         ]
         for j, cfg in runs:
             label = 'stock' if j is None else stage_key(cfg)

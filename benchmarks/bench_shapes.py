@@ -28,9 +28,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, osp.dirname(HERE))
 
 from bench_sub_batch_bn import (add_device_args, build_i3d, device_name,
-                                time_model)
+                                i3d_schedule, time_model)
 
-from mmaction_multigrid import MultiGridSchedule, convert_sub_batch_bn
+from mmaction_multigrid import convert_sub_batch_bn
 
 
 def main() -> None:
@@ -52,12 +52,7 @@ def main() -> None:
         '(multi_grid.bn_base_size=None)')
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = False  # the stock configs' setting
-    schedule = MultiGridSchedule(
-        args.clip_len,
-        2,
-        args.size,
-        100, [40, 80],
-        batch_size=args.stock_batch)
+    schedule = i3d_schedule(args)
     model = build_i3d(args.device)
     if not args.plain_bn:  # plain BN at the stock batch size itself
         model = convert_sub_batch_bn(model, args.stock_batch)

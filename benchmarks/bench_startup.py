@@ -112,22 +112,15 @@ def make_data(root: str, videos: int, frames: int, size, samples: int,
     root = osp.join(root, f'{codec}_{videos}_{frames}_{size[0]}x{size[1]}')
     stamp = osp.join(root, 'done')
     if not osp.isfile(stamp):
-        if codec == 'h264':  # the same clips, re-encoded
-            os.makedirs(osp.join(root, 'videos', 'train'), exist_ok=True)
-            os.makedirs(osp.join(root, 'videos', 'val'), exist_ok=True)
-            with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:
+            if codec == 'h264':  # the same clips, re-encoded
+                os.makedirs(osp.join(root, 'videos', 'train'), exist_ok=True)
+                os.makedirs(osp.join(root, 'videos', 'val'), exist_ok=True)
                 stack.enter_context(
                     patched(
                         synthetic, '_write_video',
                         lambda path, frames, size: _write_h264(path, frames)))
-                synthetic.make_dataset(
-                    root,
-                    num_classes=4,
-                    videos_per_class=-(-videos // 4),
-                    num_frames=frames,
-                    size=tuple(size),
-                    val_per_class=1)
-        else:  # cv2.VideoWriter, fourcc mp4v
+            # else cv2.VideoWriter, fourcc mp4v
             synthetic.make_dataset(
                 root,
                 num_classes=4,

@@ -77,6 +77,18 @@ def build_i3d(device: str) -> torch.nn.Module:
     return MODELS.build(cfg.model).to(device).train()
 
 
+def i3d_schedule(args: argparse.Namespace) -> MultiGridSchedule:
+    """The multigrid schedule of the stock I3D R50 recipe (100 epochs,
+    milestones 40 and 80) at ``args.clip_len`` x 2 frames, ``args.size``
+    crops and ``args.stock_batch`` clips per GPU."""
+    return MultiGridSchedule(
+        args.clip_len,
+        2,
+        args.size,
+        100, [40, 80],
+        batch_size=args.stock_batch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--stock-batch', type=int, default=2)
@@ -90,12 +102,7 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=2)
     add_device_args(parser)
     args = parser.parse_args()
-    schedule = MultiGridSchedule(
-        args.clip_len,
-        2,
-        args.size,
-        100, [40, 80],
-        batch_size=args.stock_batch)
+    schedule = i3d_schedule(args)
     shape = max(schedule.batch_shapes(0), key=lambda s: s.batch_size)
     h, w = shape.size
     inputs = torch.randn(

@@ -30,19 +30,23 @@ def git_commit() -> str:
 def provenance() -> Dict[str, Any]:
     """Command, date, host, hardware, versions and commit of this run."""
     import torch
-    versions = {'python': platform.python_version(), 'torch': torch.__version__}
+    versions = {
+        'python': platform.python_version(),
+        'torch': torch.__version__
+    }
     for name in ('mmengine', 'mmaction', 'numpy', 'decord'):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
             pass
-    gpu = (torch.cuda.get_device_name()
-           if torch.cuda.is_available() else None)
+    gpu = (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     return dict(
-        command=' '.join(shlex.quote(a) for a in [
-            'python', osp.relpath(sys.argv[0], osp.dirname(
-                osp.dirname(osp.abspath(__file__))))
-        ] + sys.argv[1:]),
+        command=' '.join(
+            shlex.quote(a) for a in [
+                'python',
+                osp.relpath(sys.argv[0],
+                            osp.dirname(osp.dirname(osp.abspath(__file__))))
+            ] + sys.argv[1:]),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec='seconds'),
         host=platform.node(),

@@ -20,7 +20,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmaction.registry import MODELS
 # What MMEngine's revert_sync_batchnorm turns SyncBN layers into (0.10.7).
 from mmengine.model.utils import _BatchNormXd
@@ -90,8 +89,7 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
     if track:
         tracked = bn.num_batches_tracked
         tracked.add_(1)
-        factor = (1.0 /
-                  float(tracked) if bn.momentum is None else bn.momentum)
+        factor = (1.0 / float(tracked) if bn.momentum is None else bn.momentum)
     if n % groups:
         return _uneven_forward(bn, x, groups, track, factor)
     mean = var = None

@@ -11,7 +11,6 @@ into one block per loaded chunk travel here as one copy per chunk.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
 from mmaction.models.data_preprocessors import ActionDataPreprocessor
 from mmengine.structures import BaseDataElement
 from torch import Tensor
@@ -38,8 +37,8 @@ def _follows(prev: Tensor, t: Tensor) -> bool:
     return (t.shape == prev.shape and t.dtype == prev.dtype
             and t.device == prev.device and t.is_contiguous()
             and t.storage_offset() == prev.storage_offset() + prev.numel()
-            and t.untyped_storage().data_ptr() ==
-            prev.untyped_storage().data_ptr())
+            and t.untyped_storage().data_ptr()
+            == prev.untyped_storage().data_ptr())
 
 
 def _runs(tensors: Sequence[Tensor]) -> List[Tuple[int, int]]:
@@ -48,8 +47,7 @@ def _runs(tensors: Sequence[Tensor]) -> List[Tuple[int, int]]:
     runs, start = [], 0
     for k in range(1, len(tensors) + 1):
         if k == len(tensors) or not (tensors[start].is_contiguous()
-                                     and _follows(tensors[k - 1],
-                                                  tensors[k])):
+                                     and _follows(tensors[k - 1], tensors[k])):
             runs.append((start, k))
             start = k
     return runs
@@ -114,8 +112,8 @@ class MultiGridDataPreprocessor(ActionDataPreprocessor):
                     self.device, non_blocking=self._non_blocking).unbind(0)
         return rows
 
-    def _cast_samples(
-            self, samples: List[BaseDataElement]) -> List[BaseDataElement]:
+    def _cast_samples(self,
+                      samples: List[BaseDataElement]) -> List[BaseDataElement]:
         leaves = [_tensor_leaves(s) for s in samples]
         paths = set(leaves[0])
         if any(set(leaf) != paths for leaf in leaves):

@@ -40,8 +40,8 @@ def test_same_result_as_stock(training):
     stock = ActionDataPreprocessor(**ARGS)(copy.deepcopy(batch), training)
     ours = MultiGridDataPreprocessor(**ARGS)(batch, training)
     torch.testing.assert_close(ours['inputs'], stock['inputs'])
-    assert torch.equal(_labels(ours['data_samples']),
-                       _labels(stock['data_samples']))
+    assert torch.equal(
+        _labels(ours['data_samples']), _labels(stock['data_samples']))
 
 
 def test_collated_clips_are_one_block_and_others_are_not():
@@ -64,8 +64,9 @@ def test_uneven_batch_falls_back_to_stock_cast():
 
 
 def test_state_dict_keys_are_stock():
-    assert (MultiGridDataPreprocessor(**ARGS).state_dict().keys() ==
-            ActionDataPreprocessor(**ARGS).state_dict().keys())
+    assert (MultiGridDataPreprocessor(
+        **ARGS).state_dict().keys() == ActionDataPreprocessor(
+            **ARGS).state_dict().keys())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
@@ -89,8 +90,8 @@ def test_joined_chunks_copy_once_per_chunk():
     stock = ActionDataPreprocessor(**ARGS)(copy.deepcopy(batch), True)
     ours = MultiGridDataPreprocessor(**ARGS)(batch, True)
     torch.testing.assert_close(ours['inputs'], stock['inputs'])
-    assert torch.equal(_labels(ours['data_samples']),
-                       _labels(stock['data_samples']))
+    assert torch.equal(
+        _labels(ours['data_samples']), _labels(stock['data_samples']))
 
 
 def test_built_from_the_converted_config_name():
