@@ -3,13 +3,13 @@
 Multigrid training changes the per-device batch size. To keep the number of
 clips that BatchNorm statistics are computed over fixed (``bn_base_size``), a
 batch of N > ``base_size`` clips is split into ``G = ceil(N / base_size)``
-groups, sample ``i`` in group ``i % G`` (the reference's grouping), each
+groups, sample ``i`` in group ``i % G`` (PySlowFast's interleaving; it fixes
+the group count per long-cycle stage instead of the group size), each
 normalised with its own statistics. When G divides N this is one native
-BatchNorm call on a copy-free (N / G, G * C, ...) view of the batch, so it
-costs about what plain BatchNorm costs, on GPUs too. One set of running
-statistics is kept per group; the layer's ``running_mean`` / ``running_var``
-are always their aggregation, so evaluation and checkpoints see an ordinary
-BatchNorm3d.
+BatchNorm call on a copy-free (N / G, G * C, ...) view of the batch. One set
+of running statistics is kept per group; the layer's ``running_mean`` /
+``running_var`` read as their aggregation (computed when read), so
+evaluation and checkpoints see an ordinary BatchNorm3d.
 
 ``BatchNorm2d`` layers of backbones that run a 2D network over the frames
 of the clips (C2D: an (N, C, T, H, W) batch becomes (N*T, C, H, W), the

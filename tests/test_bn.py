@@ -34,8 +34,9 @@ def _aggregate(bns):
 
 
 def _group_index(n, base):
-    """Sample indices of each group, as the reference groups them:
-    G = ceil(n / base) groups, sample i in group i % G."""
+    """Sample indices of each group, as this package groups them:
+    G = ceil(n / base) groups, sample i in group i % G (PySlowFast's
+    interleaving, with a fixed group size rather than its fixed count)."""
     groups = -(-n // base)
     return [torch.arange(g, n, groups) for g in range(groups)]
 
