@@ -219,7 +219,6 @@ VIDEO_READERS = {
     'PyAVInit': 'PyAVDecode',
     'OpenCVInit': 'OpenCVDecode'
 }
-TEMPORAL_SAMPLING = ('span', 'random')
 
 
 def _decode_index(pipeline: Sequence[dict]) -> Optional[int]:

@@ -105,13 +105,13 @@ class MultiGridRunner(Runner):
         the reason, and the per-sample norm layers in one line."""
         plain, per_sample = plain_bn_layers(model)
         for name, reason in plain:
-            self.logger.info(f'multi_grid: BN layer {name} left plain: '
+            self.logger.info(f'Multigrid: BN layer {name} left plain: '
                              f'{reason}.')
         if per_sample:
             counts = ', '.join(f'{n} {k}'
                                for k, n in sorted(per_sample.items()))
             self.logger.info(
-                f'multi_grid: {counts} layer(s) normalise each sample on '
+                f'Multigrid: {counts} layer(s) normalise each sample on '
                 'its own; the batch size does not change them.')
 
     def build_train_loop(self, loop):

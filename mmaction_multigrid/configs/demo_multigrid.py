@@ -8,15 +8,12 @@ custom_imports = dict(
     imports=['mmaction_multigrid'], allow_failed_imports=False)
 # bn_base_size=None: plain BN over the whole multigrid batch. At this toy
 # input size the smallest shapes (4x32x32) end in 1x1 feature maps, where
-# sub-batch BN groups of 4 clips (the default) see 16 values per channel:
-# benchmarks/bench_train.py measured 73.4% top-1 with them, 87.5% without
-# (stock 89.1%), and 11% less training time (docs/benchmarks.md, Variants).
+# sub-batch BN groups of 4 clips (the default) see 16 values per channel
+# and lose accuracy (docs/benchmarks.md, "Variants").
 # precise_bn: BN statistics recomputed at the default shape over 10 batches
 # before each validation and checkpoint, as the reference does (with 200):
 # otherwise evaluation uses running statistics of the last iterations'
-# cycling crops. Over 3 seeds it raised the multigrid top-1 from 82.8% to
-# 85.2% (rawframes) and from 81.8% to 88.3% (videos), for about 4% more
-# training time (docs/benchmarks.md, Variants).
+# cycling crops (docs/benchmarks.md, "Precise BN").
 multi_grid = dict(
     long_cycle=True,
     short_cycle=True,
