@@ -34,14 +34,19 @@ def _labels(samples) -> torch.Tensor:
     return torch.cat([s.gt_labels.item for s in samples])
 
 
-@pytest.mark.parametrize('training', [True, False])
-def test_same_result_as_stock(training):
-    batch = _batch(16)
+def _check_same_as_stock(batch: dict, training: bool) -> None:
+    """Our preprocessor's inputs and labels equal MMAction2's own."""
     stock = ActionDataPreprocessor(**ARGS)(copy.deepcopy(batch), training)
     ours = MultiGridDataPreprocessor(**ARGS)(batch, training)
     torch.testing.assert_close(ours['inputs'], stock['inputs'])
     assert torch.equal(
         _labels(ours['data_samples']), _labels(stock['data_samples']))
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_same_result_as_stock(training):
+    batch = _batch(16)
+    _check_same_as_stock(batch, training)
 
 
 def test_collated_clips_are_one_block_and_others_are_not():
@@ -58,9 +63,7 @@ def test_uneven_batch_falls_back_to_stock_cast():
     # pseudo_collate-like lists (separate tensors) take MMEngine's path
     batch = _batch(3)
     batch['inputs'] = [t.clone() for t in batch['inputs']]
-    stock = ActionDataPreprocessor(**ARGS)(copy.deepcopy(batch), True)
-    ours = MultiGridDataPreprocessor(**ARGS)(batch, True)
-    torch.testing.assert_close(ours['inputs'], stock['inputs'])
+    _check_same_as_stock(batch, True)
 
 
 def test_state_dict_keys_are_stock():
@@ -87,11 +90,7 @@ def test_joined_chunks_copy_once_per_chunk():
     chunks = [_batch(4), _batch(4), _batch(3)]
     batch = join_batches(chunks)
     assert _runs(batch['inputs']) == [(0, 4), (4, 8), (8, 11)]
-    stock = ActionDataPreprocessor(**ARGS)(copy.deepcopy(batch), True)
-    ours = MultiGridDataPreprocessor(**ARGS)(batch, True)
-    torch.testing.assert_close(ours['inputs'], stock['inputs'])
-    assert torch.equal(
-        _labels(ours['data_samples']), _labels(stock['data_samples']))
+    _check_same_as_stock(batch, True)
 
 
 def test_built_from_the_converted_config_name():
