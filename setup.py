@@ -35,7 +35,8 @@ setup(
     extras_require=dict(
         plot=requirements('plot'), tests=requirements('tests')),
     entry_points={
-        'console_scripts': ['mmaction-multigrid=mmaction_multigrid.cli:main'],
+        'console_scripts':
+        ['mmaction-multigrid=mmaction_multigrid.tools.cli:main'],
     },
     license='Apache-2.0',
 )

@@ -33,12 +33,13 @@ from torch.utils.data import DataLoader
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
-from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule, load_config
-from mmaction_multigrid.datasets import (MultiGridDataset, ShapedIndex,
-                                         SkipBroken)
-from mmaction_multigrid.pipeline import (_last_size_index, _set_size,
-                                         reshape_pipeline)
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
+from mmaction_multigrid.datasets.pipeline import (_last_size_index, _set_size,
+                                                  reshape_pipeline)
+from mmaction_multigrid.datasets.wrapper import (MultiGridDataset, ShapedIndex,
+                                                 SkipBroken)
+from mmaction_multigrid.tools.cli import (DEMO_CONFIG, config_schedule,
+                                          load_config)
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 
 def stock_pipeline(fmt: str) -> list:

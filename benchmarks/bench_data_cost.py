@@ -46,10 +46,10 @@ from mmengine.config import Config
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
-from mmaction_multigrid.cli import config_schedule
-from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.measure import time_data
-from mmaction_multigrid.prepare import disk_bytes, prepare
+from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.tools.cli import config_schedule
+from mmaction_multigrid.tools.measure import time_data
+from mmaction_multigrid.tools.prepare import disk_bytes, prepare
 
 I3D = osp.join(
     osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition', 'i3d',

@@ -59,7 +59,7 @@ from bench_data_cost import kinetics_like_frames, write_h264
 from result_json import write_result
 
 import mmaction_multigrid  # noqa: F401  (registers, installs the switch)
-from mmaction_multigrid.cli import config_schedule
+from mmaction_multigrid.tools.cli import config_schedule
 
 I3D = osp.join(
     osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition', 'i3d',

@@ -35,11 +35,12 @@ from torch.utils.data import BatchSampler, DataLoader
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
-from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule, load_config
-from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.hooks import MultiGridHook
-from mmaction_multigrid.samplers import ShortCycleBatchSampler
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
+from mmaction_multigrid.datasets.sampler import ShortCycleBatchSampler
+from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.engine.multigrid_hook import MultiGridHook
+from mmaction_multigrid.tools.cli import (DEMO_CONFIG, config_schedule,
+                                          load_config)
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 
 def median_time(fn, n: int) -> float:

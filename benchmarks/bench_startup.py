@@ -261,7 +261,7 @@ def run_one(kind: str, cfg_args: dict, profile: bool) -> dict:
     with contextlib.ExitStack() as stack:
         cls = Runner
         if kind == 'multigrid':
-            import mmaction_multigrid.runner as mg_runner
+            import mmaction_multigrid.engine.runner as mg_runner
             cls = mg_runner.MultiGridRunner
             stack.enter_context(
                 patched(mg_runner, 'convert_config',

@@ -49,8 +49,9 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
 from mmaction_multigrid import MultiGridSchedule
-from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule, load_config
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
+from mmaction_multigrid.tools.cli import (DEMO_CONFIG, config_schedule,
+                                          load_config)
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 RESULTS = osp.join(osp.dirname(HERE), 'work_dirs', 'benchmarks')
 

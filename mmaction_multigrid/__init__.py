@@ -2,27 +2,28 @@
 
 Importing the package registers its components into MMAction2's registries,
 installs the switch that trains configs with ``multi_grid`` the multigrid
-way (see :mod:`mmaction_multigrid.runner`) and lets ``torch.load``'s
+way (see :mod:`mmaction_multigrid.engine.runner`) and lets ``torch.load``'s
 weights-only check accept MMEngine's checkpoints (see
-:mod:`mmaction_multigrid.checkpoint_compat`).
+:mod:`mmaction_multigrid.engine.checkpoint_compat`).
 """
 from mmaction.registry import MODELS
 
-from .bn import SubBatchNorm3d, convert_sub_batch_bn
-from .checkpoint_compat import allow_mmengine_checkpoints
-from .collate import multigrid_collate
-from .convert import convert_config, validate_options
-from .datasets import MultiGridDataset, ShapedIndex
-from .hooks import MultiGridHook
-from .loops import MultiGridTrainLoop
-from .precise_bn import PreciseBNHook
-from .resume import ExactResumeHook
-from .runner import MultiGridRunner, install_switch
-from .samplers import ShortCycleBatchSampler
-from .schedule import MultiGridSchedule
-from .schedulers import MultiGridLR
-from .transforms import (PreparedFrameInit, RandomIntervalSampleFrames,
-                         ReducedRawFrameDecode)
+from .datasets.collate import multigrid_collate
+from .datasets.sampler import ShortCycleBatchSampler
+from .datasets.transforms import (PreparedFrameInit,
+                                  RandomIntervalSampleFrames,
+                                  ReducedRawFrameDecode)
+from .datasets.wrapper import MultiGridDataset, ShapedIndex
+from .engine.checkpoint_compat import allow_mmengine_checkpoints
+from .engine.convert import convert_config, validate_options
+from .engine.loop import MultiGridTrainLoop
+from .engine.lr import MultiGridLR
+from .engine.multigrid_hook import MultiGridHook
+from .engine.precise_bn import PreciseBNHook
+from .engine.resume import ExactResumeHook
+from .engine.runner import MultiGridRunner, install_switch
+from .models.sub_batch_bn import SubBatchNorm3d, convert_sub_batch_bn
+from .schedule.cycles import MultiGridSchedule
 from .version import __version__
 
 install_switch()
@@ -31,10 +32,10 @@ allow_mmengine_checkpoints()
 
 @MODELS.register_module('MultiGridDataPreprocessor')
 def build_data_preprocessor(**kwargs):
-    """Build :class:`~mmaction_multigrid.data_preprocessor.
+    """Build :class:`~mmaction_multigrid.models.data_preprocessor.
     MultiGridDataPreprocessor` (registered as a builder: its module imports
     MMAction2's models, which ``plan`` and ``prepare`` do without)."""
-    from .data_preprocessor import MultiGridDataPreprocessor
+    from .models.data_preprocessor import MultiGridDataPreprocessor
     return MultiGridDataPreprocessor(**kwargs)
 
 

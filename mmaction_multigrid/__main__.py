@@ -1,6 +1,7 @@
-"""``python -m mmaction_multigrid``: see :mod:`mmaction_multigrid.cli`."""
+"""``python -m mmaction_multigrid``: see
+:mod:`mmaction_multigrid.tools.cli`."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.utils import ManagerMixin
 
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 TESTS = osp.dirname(osp.abspath(__file__))
 STOCK = osp.join(

@@ -1,4 +1,4 @@
-"""Tests for sub-batch BatchNorm (mmaction_multigrid.bn)."""
+"""Tests for sub-batch BatchNorm (mmaction_multigrid.models.sub_batch_bn)."""
 import copy
 import os.path as osp
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mmaction_multigrid.bn import (SubBatchNorm3d, SubBatchSyncBatchNorm,
-                                   convert_sub_batch_bn)
+from mmaction_multigrid.models.sub_batch_bn import (SubBatchNorm3d,
+                                                    SubBatchSyncBatchNorm,
+                                                    convert_sub_batch_bn)
 
 C = 4
 
@@ -350,7 +351,8 @@ def test_registry_and_build_norm_layer():
     from mmcv.cnn import build_norm_layer
     from mmengine.registry import init_default_scope
 
-    import mmaction_multigrid.bn  # noqa: F401 (registers the layers)
+    # registers the layers
+    import mmaction_multigrid.models.sub_batch_bn  # noqa: F401
 
     layer = MODELS.build(
         dict(type='SubBatchBN3d', num_features=C, base_size=8))
@@ -493,7 +495,8 @@ def _per_clip_group_bn2d(x, clips, base, weight, bias):
 @pytest.mark.parametrize('clips,frames,base', [(8, 4, 2), (6, 3, 4),
                                                (4, 1, 1)])
 def test_bn2d_groups_whole_clips(clips, frames, base):
-    from mmaction_multigrid.bn import ClipCount, SubBatchNorm2d
+    from mmaction_multigrid.models.sub_batch_bn import (ClipCount,
+                                                        SubBatchNorm2d)
     x = _frames(clips, frames)
     count = ClipCount()
     count(None, (torch.zeros(clips, C, frames, 3, 3), ))
@@ -506,7 +509,7 @@ def test_bn2d_groups_whole_clips(clips, frames, base):
 
 
 def test_bn2d_without_clip_count_is_batchnorm2d():
-    from mmaction_multigrid.bn import SubBatchNorm2d
+    from mmaction_multigrid.models.sub_batch_bn import SubBatchNorm2d
     x = _frames(8, 2)
     bn = SubBatchNorm2d(C, base_size=2)
     plain = nn.BatchNorm2d(C)
@@ -519,7 +522,7 @@ def test_c2d_backbone_bn_is_grouped_by_clips():
     inside), every BN layer normalises groups of whole clips."""
     from mmaction.registry import MODELS
 
-    from mmaction_multigrid.bn import SubBatchNorm2d
+    from mmaction_multigrid.models.sub_batch_bn import SubBatchNorm2d
     backbone = MODELS.build(
         dict(type='C2D', depth=18, pretrained=None, norm_eval=False))
     convert_sub_batch_bn(backbone, 2)
@@ -569,7 +572,8 @@ class _Frozen(nn.Module):
 
 
 def test_plain_bn_layers_and_their_reasons():
-    from mmaction_multigrid.bn import is_sub_batch_bn, plain_bn_layers
+    from mmaction_multigrid.models.sub_batch_bn import (is_sub_batch_bn,
+                                                        plain_bn_layers)
     model = convert_sub_batch_bn(_Frozen(), 2)
     assert is_sub_batch_bn(model.bn3d)
     assert type(model.frozen) is nn.BatchNorm3d
@@ -603,7 +607,8 @@ def test_r2plus1d_keeps_sub_batch_bn_after_wrap_model(videos, tmp_path):
     from conftest import toy_config
     from mmengine.runner import Runner
 
-    from mmaction_multigrid.bn import SubBatchNormXd, is_sub_batch_bn
+    from mmaction_multigrid.models.sub_batch_bn import (SubBatchNormXd,
+                                                        is_sub_batch_bn)
     cfg = toy_config(
         R2PLUS1D,
         videos,

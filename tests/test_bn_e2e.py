@@ -14,7 +14,7 @@ from mmaction.registry import MODELS
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401
-from mmaction_multigrid.bn import SubBatchNorm3d
+from mmaction_multigrid.models.sub_batch_bn import SubBatchNorm3d
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 

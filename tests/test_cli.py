@@ -8,7 +8,7 @@ import mmaction
 import pytest
 from matplotlib.image import imread
 
-from mmaction_multigrid.cli import main
+from mmaction_multigrid.tools.cli import main
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 STOCK = osp.join(
@@ -59,7 +59,7 @@ def test_plan_i3d_subprocess(tmp_path):
 
 def test_plan_without_matplotlib_says_how_to_get_the_plot(tmp_path):
     code = ('import sys; sys.modules["matplotlib"] = None; '
-            'from mmaction_multigrid.cli import main; '
+            'from mmaction_multigrid.tools.cli import main; '
             f'sys.exit(main(["plan", {I3D!r}, "--out", {str(tmp_path)!r}] + '
             f'{list(ADD)!r}))')
     result = subprocess.run([sys.executable, '-c', code],

@@ -5,7 +5,7 @@ from mmengine.registry import init_default_scope
 from torch.utils.data import DataLoader
 
 from mmaction_multigrid import MultiGridDataset, ShapedIndex, multigrid_collate
-from mmaction_multigrid.synthetic import dataset_cfg
+from mmaction_multigrid.tools.synthetic import dataset_cfg
 
 # Deterministic (test-mode sampling, centre crop): two loaders must agree.
 PIPELINE = [

@@ -12,7 +12,7 @@ from mmaction.utils import register_all_modules
 from mmengine.config import Config
 
 from mmaction_multigrid import convert_config
-from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_schedule
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))

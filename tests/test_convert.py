@@ -13,7 +13,7 @@ from test_schedule import ref_schedule
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
 from mmaction_multigrid import convert_config
-from mmaction_multigrid.schedule import MultiGridSchedule
+from mmaction_multigrid.schedule.cycles import MultiGridSchedule
 
 CONFIGS = osp.join(
     osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')

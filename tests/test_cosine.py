@@ -15,8 +15,8 @@ from mmengine.registry import PARAM_SCHEDULERS as ENGINE_SCHEDULERS
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
 from mmaction_multigrid import convert_config
-from mmaction_multigrid.lr_rules import scheduler_terms, stock_factor
-from mmaction_multigrid.schedule import MultiGridSchedule
+from mmaction_multigrid.schedule.cycles import MultiGridSchedule
+from mmaction_multigrid.schedule.lr_rules import scheduler_terms, stock_factor
 
 R2 = 0.5**0.5
 LONG = ((0.25, R2), (0.5, R2), (0.5, 1), (1, 1))

@@ -8,8 +8,8 @@ from mmaction.models.data_preprocessors import ActionDataPreprocessor
 from mmaction.structures import ActionDataSample
 
 from mmaction_multigrid import multigrid_collate
-from mmaction_multigrid.data_preprocessor import (MultiGridDataPreprocessor,
-                                                  one_block)
+from mmaction_multigrid.models.data_preprocessor import (
+    MultiGridDataPreprocessor, one_block)
 
 ARGS = dict(
     mean=[123.675, 116.28, 103.53],
@@ -85,8 +85,8 @@ def test_cuda_same_result_as_stock():
 
 
 def test_joined_chunks_copy_once_per_chunk():
-    from mmaction_multigrid.collate import join_batches
-    from mmaction_multigrid.data_preprocessor import _runs
+    from mmaction_multigrid.datasets.collate import join_batches
+    from mmaction_multigrid.models.data_preprocessor import _runs
     chunks = [_batch(4), _batch(4), _batch(3)]
     batch = join_batches(chunks)
     assert _runs(batch['inputs']) == [(0, 4), (4, 8), (8, 11)]

@@ -8,9 +8,9 @@ import torch
 from mmengine.dataset import DefaultSampler, pseudo_collate
 
 import mmaction_multigrid  # noqa: F401
-from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.samplers import ShortCycleBatchSampler
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
+from mmaction_multigrid.datasets.sampler import ShortCycleBatchSampler
+from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 T, R, S = 8, 2, 56
 NUM_VIDEOS = 8

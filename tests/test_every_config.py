@@ -15,8 +15,8 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
-from mmaction_multigrid.cli import config_schedule
-from mmaction_multigrid.hooks import schedule_table
+from mmaction_multigrid.engine.multigrid_hook import schedule_table
+from mmaction_multigrid.tools.cli import config_schedule
 
 PATHS = sorted(
     osp.relpath(p, STOCK)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmaction_multigrid.cli import DEMO_CONFIG, config_schedule, main
-from mmaction_multigrid.synthetic import dataset_cfg
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_schedule, main
+from mmaction_multigrid.tools.synthetic import dataset_cfg
 
 WORKERS = 2
 

@@ -4,7 +4,7 @@ import os.path as osp
 import subprocess
 import sys
 
-from mmaction_multigrid.synthetic import make_dataset
+from mmaction_multigrid.tools.synthetic import make_dataset
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 

@@ -11,9 +11,10 @@ from mmengine import Config
 from mmengine.dataset import Compose
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
-from mmaction_multigrid.pipeline import (clip_params, find_sampler,
-                                         output_size, reshape_pipeline)
-from mmaction_multigrid.synthetic import make_dataset
+from mmaction_multigrid.datasets.pipeline import (clip_params, find_sampler,
+                                                  output_size,
+                                                  reshape_pipeline)
+from mmaction_multigrid.tools.synthetic import make_dataset
 
 CONFIGS = osp.join(
     osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')

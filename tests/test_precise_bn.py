@@ -1,4 +1,4 @@
-"""Tests for precise BN (mmaction_multigrid.precise_bn)."""
+"""Tests for precise BN (mmaction_multigrid.engine.precise_bn)."""
 import logging
 import os
 import socket
@@ -9,8 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from mmaction_multigrid.bn import SubBatchNorm3d
-from mmaction_multigrid.precise_bn import update_bn_stats
+from mmaction_multigrid.engine.precise_bn import update_bn_stats
+from mmaction_multigrid.models.sub_batch_bn import SubBatchNorm3d
 
 C = 4
 

@@ -15,11 +15,11 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-import mmaction_multigrid.prepare as prepare_module
-from mmaction_multigrid.cli import DEMO_CONFIG, main
-from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.prepare import prepare
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
+import mmaction_multigrid.tools.prepare as prepare_module
+from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, main
+from mmaction_multigrid.tools.prepare import prepare
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 init_default_scope('mmaction')
 # The demo schedule (16 frames, 64 crops after Resize(-1, 72)): shapes of

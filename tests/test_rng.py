@@ -11,8 +11,8 @@ from mmengine.runner import Runner
 from probes import digest, read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.rng import sample_seed
+from mmaction_multigrid.datasets.rng import sample_seed
+from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
 
 I3D = 'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py'
 

@@ -17,8 +17,8 @@ from probes import read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid import convert_config
-from mmaction_multigrid.datasets import SkipBroken
-from mmaction_multigrid.synthetic import make_dataset
+from mmaction_multigrid.datasets.wrapper import SkipBroken
+from mmaction_multigrid.tools.synthetic import make_dataset
 
 # Stock E=2, milestone 1: three multigrid epochs at per-GPU batches
 # [16, 8, 8], [8, 4, 2] and [4, 2, 1] clips (batch_size=1).

@@ -9,7 +9,7 @@ from probes import read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid import MultiGridRunner
-from mmaction_multigrid.runner import multigrid_runner_class
+from mmaction_multigrid.engine.runner import multigrid_runner_class
 
 
 @RUNNERS.register_module(force=True)

@@ -6,9 +6,9 @@ import pytest
 from mmengine.dataset import DefaultSampler
 
 import mmaction_multigrid  # noqa: F401
-from mmaction_multigrid.datasets import ShapedIndex
-from mmaction_multigrid.rng import sample_seed
-from mmaction_multigrid.samplers import ShortCycleBatchSampler
+from mmaction_multigrid.datasets.rng import sample_seed
+from mmaction_multigrid.datasets.sampler import ShortCycleBatchSampler
+from mmaction_multigrid.datasets.wrapper import ShapedIndex
 
 # I3D-like: T=32, r=2, S=224, E=100, milestones [40, 80]; stage ends
 # 32 47 61 68 100 115 129 136 150 (reference worked example).

@@ -9,7 +9,7 @@ import math
 import pytest
 import reference
 
-from mmaction_multigrid.schedule import MultiGridSchedule
+from mmaction_multigrid.schedule.cycles import MultiGridSchedule
 
 R2 = 0.5**0.5
 LONG = ((0.25, R2), (0.5, R2), (0.5, 1), (1, 1))

@@ -8,8 +8,8 @@ import torch
 from mmengine.optim import OptimWrapper
 
 import mmaction_multigrid  # noqa: F401
-from mmaction_multigrid.schedulers import (MultiGridLR, epoch_position,
-                                           fractional_epoch)
+from mmaction_multigrid.engine.lr import (MultiGridLR, epoch_position,
+                                          fractional_epoch)
 
 BASE_LR = 0.1
 I3D = dict(

@@ -15,7 +15,7 @@ from probes import TINY_I3D
 from torch import nn
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
-from mmaction_multigrid.model_check import check_input_shapes
+from mmaction_multigrid.models.model_check import check_input_shapes
 
 I3D = osp.join(
     STOCK, 'i3d', 'i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_'

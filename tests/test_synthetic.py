@@ -7,7 +7,7 @@ import decord
 import numpy as np
 import pytest
 
-from mmaction_multigrid.synthetic import dataset_cfg, make_dataset
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 NUM_CLASSES = 4
 PER_CLASS = 3

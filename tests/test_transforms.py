@@ -9,12 +9,14 @@ from mmaction.registry import TRANSFORMS
 from mmengine.dataset import Compose
 from mmengine.registry import init_default_scope
 
-from mmaction_multigrid.convert import convert_config, validate_options
-from mmaction_multigrid.datasets import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.pipeline import random_interval, reduced_decode
-from mmaction_multigrid.synthetic import dataset_cfg
-from mmaction_multigrid.transforms import (RandomIntervalSampleFrames,
-                                           jpeg_size, reduction_factor)
+from mmaction_multigrid.datasets.pipeline import (random_interval,
+                                                  reduced_decode)
+from mmaction_multigrid.datasets.transforms import (RandomIntervalSampleFrames,
+                                                    jpeg_size,
+                                                    reduction_factor)
+from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.engine.convert import convert_config, validate_options
+from mmaction_multigrid.tools.synthetic import dataset_cfg
 
 init_default_scope('mmaction')
 

@@ -1,7 +1,7 @@
 # Multigrid demo: a small 3D ResNet learns the motion direction of a shape
-# in generated videos (see mmaction_multigrid.synthetic), in a few minutes
-# on 2 CPU cores. `python -m mmaction_multigrid demo` writes the data under
-# work_dirs/demo/data and trains this config; afterwards
+# in generated videos (see mmaction_multigrid.tools.synthetic), in a few
+# minutes on 2 CPU cores. `python -m mmaction_multigrid demo` writes the data
+# under work_dirs/demo/data and trains this config; afterwards
 # `python tools/train.py configs/demo_multigrid.py` trains it the same way.
 # Without `multi_grid` (and `custom_imports`) it is a plain stepwise config.
 custom_imports = dict(
@@ -48,7 +48,8 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         format_shape='NCTHW'))
 
-# dataset settings: the layout mmaction_multigrid.synthetic.make_dataset writes
+# dataset settings: the layout that
+# mmaction_multigrid.tools.synthetic.make_dataset writes
 dataset_type = 'VideoDataset'
 data_root = 'work_dirs/demo/data'
 ann_file_train = data_root + '/train_list.txt'

@@ -5,9 +5,9 @@ from typing import Callable, Iterator, List, Optional
 from mmaction.registry import DATA_SAMPLERS
 from torch.utils.data import BatchSampler, Sampler
 
-from .datasets import ShapedIndex
+from ..schedule.cycles import MultiGridSchedule
 from .rng import sample_seed
-from .schedule import MultiGridSchedule
+from .wrapper import ShapedIndex
 
 
 @DATA_SAMPLERS.register_module()
@@ -17,11 +17,11 @@ class ShortCycleBatchSampler(BatchSampler):
     Within an epoch it cycles through the short-cycle batch sizes of the
     epoch's long-cycle shape (one size when short cycles are off), restarting
     the cycle every epoch. Every index of a batch is a
-    :class:`~mmaction_multigrid.datasets.ShapedIndex` carrying the clip shape
-    of that batch and, when ``sampler`` has a ``seed`` (MMEngine's
+    :class:`~mmaction_multigrid.datasets.wrapper.ShapedIndex` carrying the
+    clip shape of that batch and, when ``sampler`` has a ``seed`` (MMEngine's
     ``DefaultSampler``: the run seed, kept in checkpoints), the seed of the
     sample's augmentations, from that seed, the epoch and the sample's
-    position in the epoch (see :mod:`~mmaction_multigrid.rng`).
+    position in the epoch (see :mod:`~mmaction_multigrid.datasets.rng`).
 
     With ``drop_last`` an epoch has ``floor(n / mean(batch sizes))`` batches
     (the reference count); when the samples run out before that, the last
@@ -31,7 +31,7 @@ class ShortCycleBatchSampler(BatchSampler):
     After :meth:`continue_until`, one iteration runs on through the following
     epochs, each with the order its ``sampler`` gives for that epoch, so a
     data loader can prefetch across epoch boundaries
-    (:class:`~mmaction_multigrid.loops.MultiGridTrainLoop`).
+    (:class:`~mmaction_multigrid.engine.loop.MultiGridTrainLoop`).
 
     With ``chunk_size``, each batch is yielded as consecutive chunks of at
     most that many indices (:meth:`chunk_counts` says how many per batch),
@@ -46,8 +46,8 @@ class ShortCycleBatchSampler(BatchSampler):
         drop_last (bool): Whether to drop the incomplete last batch.
             Defaults to True.
         schedule (dict): Arguments of
-            :class:`~mmaction_multigrid.schedule.MultiGridSchedule` except
-            ``batch_size``.
+            :class:`~mmaction_multigrid.schedule.cycles.MultiGridSchedule`
+            except ``batch_size``.
         chunk_size (int, optional): Indices per yielded chunk; None yields
             whole batches. Defaults to None.
     """

@@ -8,7 +8,7 @@ from mmaction.registry import PARAM_SCHEDULERS
 from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
 from mmengine.optim.scheduler.param_scheduler import INF, _ParamScheduler
 
-from .schedule import MultiGridSchedule
+from ..schedule.cycles import MultiGridSchedule
 
 
 def epoch_position(step: int, epoch_lengths: Sequence[int]) -> Tuple[int, int]:
@@ -54,15 +54,15 @@ class MultiGridLR(LRSchedulerMixin, _ParamScheduler):
     with the long-cycle shape, so the step-to-epoch mapping comes from the
     train loop: ``MultiGridRunner`` passes the schedule its batch sampler
     built, :meth:`MultiGridTrainLoop.fractional_epoch
-    <mmaction_multigrid.loops.MultiGridTrainLoop.fractional_epoch>` and
+    <mmaction_multigrid.engine.loop.MultiGridTrainLoop.fractional_epoch>` and
     :meth:`MultiGridTrainLoop.epoch_position
-    <mmaction_multigrid.loops.MultiGridTrainLoop.epoch_position>` when it
+    <mmaction_multigrid.engine.loop.MultiGridTrainLoop.epoch_position>` when it
     builds this scheduler, so a config only names the type.
 
     Args:
         optimizer (Optimizer or OptimWrapper): Wrapped optimizer.
         schedule (MultiGridSchedule | dict): The schedule, or the arguments
-            of :class:`~mmaction_multigrid.schedule.MultiGridSchedule`.
+            of :class:`~mmaction_multigrid.schedule.cycles.MultiGridSchedule`.
         epoch_of_step (Callable[[int], float]): Fractional epoch
             ``epoch + iter / iters_in_epoch`` of a global iteration.
         position_of_step (Callable[[int], tuple[int, int]], optional):

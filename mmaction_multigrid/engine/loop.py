@@ -14,11 +14,11 @@ from typing import List, Tuple
 
 from mmengine.runner import EpochBasedTrainLoop
 
-from .collate import join_batches
-from .rng import preserved_rng
-from .samplers import ShortCycleBatchSampler
-from .schedule import MultiGridSchedule
-from .schedulers import MultiGridLR, epoch_position, fractional_epoch
+from ..datasets.collate import join_batches
+from ..datasets.rng import preserved_rng
+from ..datasets.sampler import ShortCycleBatchSampler
+from ..schedule.cycles import MultiGridSchedule
+from .lr import MultiGridLR, epoch_position, fractional_epoch
 
 
 class MultiGridTrainLoop(EpochBasedTrainLoop):
@@ -31,7 +31,7 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
     - :meth:`fractional_epoch` maps a global iteration to
       ``epoch + iter / iters_in_epoch`` and :meth:`epoch_position` to
       ``(epoch, iter)``; ``MultiGridRunner`` hands both to
-      :class:`~mmaction_multigrid.schedulers.MultiGridLR` when building it.
+      :class:`~mmaction_multigrid.engine.lr.MultiGridLR` when building it.
     - Creating a loader iterator leaves the training random stream alone,
       so dropout draws the same numbers with 0 or N workers.
     - With worker processes and ``persistent_workers=True`` a single loader
@@ -44,7 +44,7 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
     ``MultiGridRunner`` builds it in place of ``EpochBasedTrainLoop`` (the
     config keeps ``EpochBasedTrainLoop``). Arguments are those of
     ``EpochBasedTrainLoop``; the train dataloader must use a
-    :class:`~mmaction_multigrid.samplers.ShortCycleBatchSampler`.
+    :class:`~mmaction_multigrid.datasets.sampler.ShortCycleBatchSampler`.
     """
 
     def __init__(self, *args, **kwargs) -> None:

@@ -11,7 +11,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from torch import Tensor
 
-from .rng import rng_state, set_rng_state
+from ..datasets.rng import rng_state, set_rng_state
 
 CKPT_KEY = 'multi_grid'
 
@@ -66,7 +66,7 @@ class ExactResumeHook(Hook):
     so that a run resumed from the checkpoint saved just before a
     validation draws the same numbers as the uninterrupted run. Data
     augmentation needs nothing here: every sample is seeded from its
-    position in the run (see :class:`~mmaction_multigrid.samplers.
+    position in the run (see :class:`~mmaction_multigrid.datasets.sampler.
     ShortCycleBatchSampler`).
 
     Note:

@@ -18,10 +18,10 @@ from mmengine.optim import OptimWrapperDict
 from mmengine.registry import RUNNERS
 from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner, Runner
 
-from .bn import convert_sub_batch_bn, plain_bn_layers
+from ..models.sub_batch_bn import convert_sub_batch_bn, plain_bn_layers
 from .convert import convert_config
-from .loops import MultiGridTrainLoop
-from .schedulers import MultiGridLR
+from .loop import MultiGridTrainLoop
+from .lr import MultiGridLR
 
 _STOCK_FROM_CFG = Runner.from_cfg.__func__
 _STOCK_FLEXIBLE_FROM_CFG = FlexibleRunner.from_cfg.__func__

@@ -23,7 +23,7 @@ from mmengine.model import is_model_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from .rng import preserved_rng
+from ..datasets.rng import preserved_rng
 
 
 def _bn_layers(model: nn.Module) -> List[_BatchNorm]:
@@ -46,7 +46,8 @@ def update_bn_stats(model: nn.Module,
     """Recompute BN running statistics as an exact average over batches.
 
     Every BatchNorm layer with running statistics (including
-    :class:`~mmaction_multigrid.bn.SubBatchNorm3d`) is updated, except, when
+    :class:`~mmaction_multigrid.models.sub_batch_bn.SubBatchNorm3d`) is
+    updated, except, when
     ``model`` is in training mode, the BN layers that are in eval mode
     (frozen). Up to ``num_iters`` batches are run through ``forward`` under
     ``torch.no_grad()`` with the BN layers in training mode. After each batch

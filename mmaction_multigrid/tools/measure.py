@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .schedule import BatchShape, MultiGridSchedule
+from ..schedule.cycles import BatchShape, MultiGridSchedule
 
 # batch size, clip_len, frame_interval, height, width
 Key = Tuple[int, int, int, int, int]
@@ -139,7 +139,8 @@ def time_data(dataset, shape, clips: int) -> float:
     untimed clip first builds the pipeline.
 
     Args:
-        dataset: A :class:`~mmaction_multigrid.datasets.MultiGridDataset`.
+        dataset: A
+            :class:`~mmaction_multigrid.datasets.wrapper.MultiGridDataset`.
         shape: A ``ShapedIndex`` (its index is replaced), or None for the
             stock pipeline.
         clips: Clips timed.
@@ -178,9 +179,9 @@ def measure(cfg,
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
 
-    from .bn import convert_sub_batch_bn
-    from .convert import convert_config
-    from .datasets import MultiGridDataset, ShapedIndex
+    from ..datasets.wrapper import MultiGridDataset, ShapedIndex
+    from ..engine.convert import convert_config
+    from ..models.sub_batch_bn import convert_sub_batch_bn
 
     init_default_scope(cfg.get('default_scope', 'mmaction'))
     converted = convert_config(cfg)

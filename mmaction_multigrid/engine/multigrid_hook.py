@@ -5,8 +5,8 @@ from typing import Optional
 from mmaction.registry import HOOKS
 from mmengine.hooks import Hook
 
-from .model_check import check_input_shapes
-from .schedule import MultiGridSchedule
+from ..models.model_check import check_input_shapes
+from ..schedule.cycles import MultiGridSchedule
 
 
 def schedule_table(schedule: MultiGridSchedule,
@@ -46,9 +46,9 @@ class MultiGridHook(Hook):
 
     - ``before_train``: one tiny forward of the whole model per distinct
       input shape of the schedule (see
-      :func:`~mmaction_multigrid.model_check.check_input_shapes`), then the
-      schedule table, and a warning with the ``prepare`` command when the
-      train set decodes video at every shape (:func:`video_advice`).
+      :func:`~mmaction_multigrid.models.model_check.check_input_shapes`),
+      then the schedule table, and a warning with the ``prepare`` command
+      when the train set decodes video at every shape (:func:`video_advice`).
     - ``before_train_epoch``: the epoch's stage, frames, crops, clips per GPU
       and iterations.
     - ``before_train_iter``: the clips, frames and crop size of the batch
@@ -56,7 +56,7 @@ class MultiGridHook(Hook):
       ``train/crop_h``, ``train/crop_w`` in every log line).
 
     The schedule is the train loop's
-    (:class:`~mmaction_multigrid.loops.MultiGridTrainLoop`).
+    (:class:`~mmaction_multigrid.engine.loop.MultiGridTrainLoop`).
     """
 
     priority = 'NORMAL'

@@ -16,11 +16,12 @@ from typing import List, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
-from .convert import convert_config
-from .hooks import schedule_table
-from .schedule import MultiGridSchedule
+from ..engine.convert import convert_config
+from ..engine.multigrid_hook import schedule_table
+from ..schedule.cycles import MultiGridSchedule
 
-DEMO_CONFIG = osp.join(osp.dirname(__file__), 'configs', 'demo_multigrid.py')
+DEMO_CONFIG = osp.join(
+    osp.dirname(osp.dirname(__file__)), 'configs', 'demo_multigrid.py')
 ADD_MULTI_GRID = (
     'add `multi_grid = dict()` (the paper defaults) and `custom_imports = '
     "dict(imports=['mmaction_multigrid'], allow_failed_imports=False)` to "

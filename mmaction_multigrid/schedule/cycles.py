@@ -130,8 +130,9 @@ class MultiGridSchedule:
         epoch_factor: Total epochs relative to the stock run.
             Defaults to 1.5.
         lr_terms: Closed-form terms of a non-step stock LR schedule
-            (:func:`~mmaction_multigrid.lr_rules.scheduler_terms`), with
-            ``milestones`` empty; None for a step schedule. Defaults to None.
+            (:func:`~mmaction_multigrid.schedule.lr_rules.scheduler_terms`),
+            with ``milestones`` empty; None for a step schedule. Defaults
+            to None.
         num_long_cycles: With ``lr_terms`` and long cycles, the number of
             equal phases the long cycle repeats over. Defaults to 2.
         fine_tune_share: With ``lr_terms`` and long cycles, the share of the

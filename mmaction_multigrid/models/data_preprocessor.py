@@ -6,8 +6,9 @@ its own and rebuilds every data sample. That CPU time grows with the number
 of clips, and multigrid batches hold up to 16x the stock clips: on a GPU
 node, where the training process is busy launching kernels, it delayed
 every large batch by about a third of a stock iteration. The clips and the
-labels that :func:`~mmaction_multigrid.collate.multigrid_collate` stacked
-into one block per loaded chunk travel here as one copy per chunk.
+labels that
+:func:`~mmaction_multigrid.datasets.collate.multigrid_collate` stacked into
+one block per loaded chunk travel here as one copy per chunk.
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 

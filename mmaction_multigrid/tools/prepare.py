@@ -39,11 +39,11 @@ import numpy as np
 from mmengine.config import Config
 from mmengine.utils import ProgressBar
 
-from .convert import _leaf_datasets, convert_config
-from .datasets import MANIFEST
-from .pipeline import decode_short_side, reshape_pipeline
-from .schedule import MultiGridSchedule
-from .transforms import copy_folder
+from ..datasets.pipeline import decode_short_side, reshape_pipeline
+from ..datasets.transforms import copy_folder
+from ..datasets.wrapper import MANIFEST
+from ..engine.convert import _leaf_datasets, convert_config
+from ..schedule.cycles import MultiGridSchedule
 
 ANNOTATION = 'train_list.txt'
 FRAME_TMPL = 'img_{:05}.jpg'

@@ -1,9 +1,9 @@
 """Data transforms that make a clip's loading cost fall with its shape.
 
 Registered into MMAction2's ``TRANSFORMS``; the multigrid pipeline rewrites
-(:func:`~mmaction_multigrid.pipeline.random_interval`,
-:func:`~mmaction_multigrid.pipeline.reduced_decode`,
-:func:`~mmaction_multigrid.pipeline.read_copy`) put them into the
+(:func:`~mmaction_multigrid.datasets.pipeline.random_interval`,
+:func:`~mmaction_multigrid.datasets.pipeline.reduced_decode`,
+:func:`~mmaction_multigrid.datasets.pipeline.read_copy`) put them into the
 per-shape pipelines only, so the stock (default) shape keeps the stock
 pipeline:
 

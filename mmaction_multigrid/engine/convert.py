@@ -11,10 +11,12 @@ from typing import List, Optional, Tuple
 
 from mmengine.logging import print_log
 
-from .lr_rules import LR_SCALINGS, is_step_schedule, scheduler_terms
-from .pipeline import absorb_format, check_format, clip_params, output_size
-from .schedule import (DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS,
-                       SHORT_CYCLE_LRS, MultiGridSchedule)
+from ..datasets.pipeline import (absorb_format, check_format, clip_params,
+                                 output_size)
+from ..schedule.cycles import (DEFAULT_LONG_CYCLE_FACTORS,
+                               DEFAULT_SHORT_CYCLE_FACTORS, SHORT_CYCLE_LRS,
+                               MultiGridSchedule)
+from ..schedule.lr_rules import LR_SCALINGS, is_step_schedule, scheduler_terms
 
 DEFAULTS = dict(
     long_cycle=True,
@@ -241,7 +243,7 @@ def _lr_schedule(cfg: dict, opts: dict) -> dict:
     A ``MultiStepLR``/``StepLR`` with an optional ``LinearLR`` warm-up
     follows the reference step rule; any other epoch-based schedule of
     closed-form schedulers (cosine, ...) becomes ``lr_terms``
-    (:mod:`mmaction_multigrid.lr_rules`).
+    (:mod:`mmaction_multigrid.schedule.lr_rules`).
     """
     schedulers = _schedulers(cfg)
     if not is_step_schedule([s['type'] for s in schedulers]):

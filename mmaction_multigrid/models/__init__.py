@@ -1,0 +1,1 @@
+"""Model pieces: sub-batch BN, the model check, the data preprocessor."""

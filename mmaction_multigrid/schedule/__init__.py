@@ -1,0 +1,2 @@
+"""The multigrid schedule: pure maths (shapes, stages, LR rules, options,
+the plan)."""

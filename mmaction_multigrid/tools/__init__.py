@@ -1,0 +1,1 @@
+"""Command-line tools: plan, measure, prepare, demo data."""
