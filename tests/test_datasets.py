@@ -5,11 +5,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from mmaction.datasets import VideoDataset
+from mmaction.registry import DATASETS
 from mmengine.dataset import DefaultSampler, pseudo_collate
 
 import mmaction_multigrid  # noqa: F401
 from mmaction_multigrid.datasets.sampler import ShortCycleBatchSampler
-from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
+from mmaction_multigrid.datasets.walk import leaf_datasets, locate
+from mmaction_multigrid.datasets.wrapper import (MultiGridDataset, ShapedIndex,
+                                                 SkipBroken)
 from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 T, R, S = 8, 2, 56
@@ -74,8 +78,22 @@ def _shape(sample):
     return tuple(sample['inputs'].shape)
 
 
+@pytest.fixture
+def ran(monkeypatch):
+    """The pipelines that ran, in order, with the data info each got."""
+    calls = []
+    call = SkipBroken.__call__
+
+    def spy(self, results):
+        calls.append((self, dict(results)))
+        return call(self, results)
+
+    monkeypatch.setattr(SkipBroken, '__call__', spy)
+    return calls
+
+
 @pytest.mark.parametrize('fmt', ['video', 'rawframes'])
-def test_shaped_and_plain_indices(data, fmt):
+def test_shaped_and_plain_indices(data, fmt, ran):
     ds = MultiGridDataset(copy.deepcopy(data[fmt]))
     assert len(ds) == NUM_VIDEOS
     stock = ds.dataset.pipeline
@@ -89,16 +107,17 @@ def test_shaped_and_plain_indices(data, fmt):
             ds.dataset[idx[0]]['data_samples'].gt_labels.item.item()
     # A plain int loads the default shape with the stock pipeline again.
     assert _shape(ds[6]) == (1, 3, T, S, S)
-    assert ds.dataset.pipeline.pipeline is stock  # SkipBroken(stock)
+    assert ran[-1][0].pipeline is stock  # SkipBroken(stock)
+    assert ran[-1][0] is ds.pipeline_for()
 
 
-def test_temporal_span_kept(data):
+def test_temporal_span_kept(data, ran):
     """Frame indices of a reduced clip cover T*r frames, like the stock."""
     ds = MultiGridDataset(copy.deepcopy(data['video']))
-    pipe = None
     for t, r in ((2, 8), (4, 4), (8, 2)):
         ds[ShapedIndex(0, t, r, 28, 28)]
-        pipe = ds.dataset.pipeline
+        pipe = ran[-1][0]
+        assert pipe is ds.pipeline_for(ShapedIndex(5, t, r, 28, 28, 7))
         # Run the cached pipeline up to (and without) packing.
         results = ds.dataset.get_data_info(0)
         for transform in pipe.pipeline.transforms[:-1]:
@@ -108,20 +127,20 @@ def test_temporal_span_kept(data):
         assert inds.max() - inds.min() + r == T * R
 
 
-def test_pipelines_cached(data):
+def test_pipelines_cached(data, ran):
     ds = MultiGridDataset(copy.deepcopy(data['video']))
     ds[ShapedIndex(0, 4, 4, 40, 40)]
-    first = ds.dataset.pipeline
+    first = ran[-1][0]
     ds[ShapedIndex(3, 4, 4, 40, 40)]
-    assert ds.dataset.pipeline is first
+    assert ran[-1][0] is first
     ds[ShapedIndex(3, 4, 4, 28, 28)]
-    other = ds.dataset.pipeline
+    other = ran[-1][0]
     assert other is not first
     ds[2]
     ds[ShapedIndex(7, 4, 4, 40, 40)]
-    assert ds.dataset.pipeline is first
+    assert ran[-1][0] is first
     ds[ShapedIndex(1, 4, 4, 28, 28)]
-    assert ds.dataset.pipeline is other
+    assert ran[-1][0] is other
 
 
 def test_input_config_untouched(data):
@@ -173,6 +192,98 @@ def test_lazy_init(data):
     ds.full_init()
     assert len(ds) == NUM_VIDEOS
     assert _shape(ds[ShapedIndex(0, 4, 4, 28, 28)]) == (1, 3, 4, 28, 28)
+
+
+@DATASETS.register_module(force=True)
+class UnevenVideoDataset(VideoDataset):
+    """A ``VideoDataset`` with uneven classes (six samples, then two), so
+    that ``ClassBalancedDataset`` repeats some samples."""
+
+    def get_cat_ids(self, idx):
+        return [int(idx >= 6)]
+
+
+def _nested(data):
+    """Concat[Repeat(video), Concat[rawframes, ClassBalanced(video)]]."""
+    return dict(
+        type='ConcatDataset',
+        datasets=[
+            dict(
+                type='RepeatDataset',
+                times=2,
+                dataset=copy.deepcopy(data['video'])),
+            dict(
+                type='ConcatDataset',
+                datasets=[
+                    copy.deepcopy(data['rawframes']),
+                    dict(
+                        type='ClassBalancedDataset',
+                        oversample_thr=0.5,
+                        dataset=dict(
+                            copy.deepcopy(data['video']),
+                            type='UnevenVideoDataset'))
+                ])
+        ])
+
+
+def test_leaf_datasets_of_configs_and_objects(data):
+    cfg = _nested(data)
+    inner = cfg['datasets'][1]['datasets']
+    want = [cfg['datasets'][0]['dataset'], inner[0], inner[1]['dataset']]
+    got = leaf_datasets(cfg)
+    assert len(got) == 3 and all(g is w for g, w in zip(got, want))
+    assert leaf_datasets(want[0])[0] is want[0]
+    built = DATASETS.build(_nested(data))
+    leaves = leaf_datasets(built)
+    assert [type(leaf).__name__ for leaf in leaves] == \
+        ['VideoDataset', 'RawframeDataset', 'UnevenVideoDataset']
+    assert leaves[0] is built.datasets[0].dataset
+    assert leaves[2] is built.datasets[1].datasets[1].dataset
+    assert leaf_datasets(leaves[1]) == [leaves[1]]
+
+
+def test_locate_maps_as_the_stock_wrappers(data):
+    built = DATASETS.build(_nested(data))
+    # 16 repeated + 8 + 10 class-balanced (samples 6 and 7 twice).
+    assert len(built) == 2 * NUM_VIDEOS + NUM_VIDEOS + 10
+    leaves = leaf_datasets(built)
+    for i in range(len(built)):
+        leaf, j = locate(built, i)
+        assert any(leaf is other for other in leaves)
+        assert leaf.get_data_info(j) == built.get_data_info(i)
+
+
+def test_shaped_samples_follow_the_stock_mapping(data, ran):
+    ds = MultiGridDataset(_nested(data))
+    assert len(ds) == len(ds.dataset)
+    for i in range(len(ds)):
+        assert _shape(ds[ShapedIndex(i, 2, 8, 28, 28)]) == (1, 3, 2, 28, 28)
+        assert ran[-1][1] == ds.dataset.get_data_info(i)
+
+
+def test_wrapped_datasets_are_not_written(data):
+    """The wrapper only reads the leaf datasets: after samples of several
+    shapes from every leaf, each keeps its pipeline object, its transforms
+    and every other attribute."""
+    ds = MultiGridDataset(_nested(data))
+    leaves = leaf_datasets(ds.dataset)
+    attributes = [dict(vars(leaf)) for leaf in leaves]
+    transforms = [list(leaf.pipeline.transforms) for leaf in leaves]
+    reprs = [[repr(t) for t in leaf.pipeline.transforms] for leaf in leaves]
+    shapes = [(2, 8, 28, 28), (4, 4, 40, 40), (8, 2, 56, 56)]
+    for i in (0, 17, 2 * NUM_VIDEOS + 3, 3 * NUM_VIDEOS + 9):
+        for shape in shapes:
+            ds[ShapedIndex(i, *shape)]
+        ds[i]
+    for k, leaf in enumerate(leaves):
+        assert leaf.pipeline is attributes[k]['pipeline']
+        assert vars(leaf).keys() == attributes[k].keys()
+        assert all(
+            vars(leaf)[name] is value for name, value in attributes[k].items())
+        assert len(leaf.pipeline.transforms) == len(transforms[k])
+        assert all(t is u
+                   for t, u in zip(leaf.pipeline.transforms, transforms[k]))
+        assert [repr(t) for t in leaf.pipeline.transforms] == reprs[k]
 
 
 # Schedule with the reference worked example's stages (E=100, milestones

@@ -5,20 +5,25 @@ import os
 import os.path as osp
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from conftest import scheduled, small_config
+from mmaction.datasets import VideoDataset
 from mmaction.registry import OPTIM_WRAPPERS, TRANSFORMS
 from mmcv.transforms import BaseTransform
 from mmengine.dataset import Compose
 from mmengine.optim import OptimWrapper
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from probes import read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
 from mmaction_multigrid import convert_config
-from mmaction_multigrid.datasets.wrapper import SkipBroken
-from mmaction_multigrid.tools.synthetic import make_dataset
+from mmaction_multigrid.datasets.rng import seeded
+from mmaction_multigrid.datasets.wrapper import (MultiGridDataset, ShapedIndex,
+                                                 SkipBroken)
+from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 # Stock E=2, milestone 1: three multigrid epochs at per-GPU batches
 # [16, 8, 8], [8, 4, 2] and [4, 2, 1] clips (batch_size=1).
@@ -119,6 +124,51 @@ def test_failures_in_a_row():
     assert fresh(dict(filename='bad_1')) is None
     with pytest.raises(ZeroDivisionError, match="'bad'"):
         fresh(dict(filename='bad_2'))
+
+
+def _failing_dataset(videos, marker, **options):
+    """MultiGridDataset over the videos with a deterministic pipeline that
+    fails where ``FailOn(marker)`` does."""
+    init_default_scope('mmaction')
+    pipeline = [
+        dict(type='DecordInit'),
+        dict(type='FailOn', marker=marker),
+        dict(
+            type='SampleFrames',
+            clip_len=8,
+            frame_interval=2,
+            num_clips=1,
+            test_mode=True),
+        dict(type='DecordDecode'),
+        dict(type='Resize', scale=(-1, 40)),
+        dict(type='CenterCrop', crop_size=32),
+        dict(type='FormatShape', input_format='NCTHW'),
+        dict(type='PackActionInputs'),
+    ]
+    return MultiGridDataset(dict(dataset_cfg(videos, pipeline), **options))
+
+
+def test_skipped_sample_is_refetched_by_the_wrapper(videos, monkeypatch):
+    """The wrapper replaces a skipped sample as MMEngine's BaseDataset
+    would (the same random draw, the leaf's ``max_refetch``, its message),
+    without the leaf's ``__getitem__``."""
+
+    def leaf_getitem(self, idx):
+        raise AssertionError('the wrapped dataset loaded a sample')
+
+    monkeypatch.setattr(VideoDataset, '__getitem__', leaf_getitem)
+    ds = _failing_dataset(videos, '00_000')  # sample 0
+    with seeded(5):
+        other = np.random.randint(0, len(ds))
+    assert other != 0
+    got = ds[ShapedIndex(0, 4, 4, 16, 16, 5)]
+    want = ds[ShapedIndex(other, 4, 4, 16, 16)]
+    assert torch.equal(got['inputs'], want['inputs'])
+    assert got['data_samples'].gt_labels.item == \
+        want['data_samples'].gt_labels.item
+    ds = _failing_dataset(videos, '', max_refetch=1)
+    with pytest.raises(Exception, match='Cannot find valid image after 1!'):
+        ds[ShapedIndex(3, 4, 4, 16, 16, 5)]
 
 
 def test_too_little_data_fails_before_training(videos, tmp_path):

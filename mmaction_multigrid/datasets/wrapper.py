@@ -2,9 +2,11 @@
 carries.
 
 The short-cycle batch sampler yields :class:`ShapedIndex` tuples; this
-wrapper (running in the DataLoader workers) swaps in the wrapped dataset's
-pipeline for that shape and loads the sample. Nothing is kept between
-samples, so any number of workers and ``persistent_workers=True`` work.
+wrapper (running in the DataLoader workers) maps the index to a leaf
+dataset, as MMEngine's ``ConcatDataset``/``RepeatDataset`` do, takes the
+sample's data info from it and runs its own pipeline for that shape. The
+wrapped datasets are only read. Nothing is kept between samples, so any
+number of workers and ``persistent_workers=True`` work.
 An index may also carry the sample's seed (see :mod:`.rng`): the sample
 is then augmented the same whichever process loads it.
 """
@@ -12,8 +14,9 @@ import copy
 import json
 import logging
 import os.path as osp
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
+import numpy as np
 from mmaction.registry import DATASETS, TRANSFORMS
 from mmengine.dataset import BaseDataset, Compose
 from mmengine.logging import print_log
@@ -22,6 +25,7 @@ from .pipeline import (clip_params, random_interval, read_copy, reduced_decode,
                        reshape_pipeline, select_copy)
 from .rng import seeded
 from .transforms import copy_folder
+from .walk import leaf_datasets, locate
 
 MANIFEST = 'prepared.json'
 
@@ -68,9 +72,10 @@ class SkipBroken:
     on what looks like a bug.
 
     A failing sample (a corrupt or truncated video, a missing frame) becomes
-    ``None``, with a warning naming its file and the error: MMEngine's
-    ``BaseDataset`` then loads a random other sample through the same
-    pipeline (up to ``max_refetch`` times), so the batch keeps its shape.
+    ``None``, with a warning naming its file and the error:
+    :class:`MultiGridDataset` then loads a random other sample through the
+    same pipeline (up to ``max_refetch`` times), so the batch keeps its
+    shape.
 
     Failures that come in a row raise the pipeline's own error (a broken
     transform, a wrong data root or decoder fails on every sample):
@@ -127,25 +132,39 @@ class SkipBroken:
         return data
 
 
-def _leaves(cfg: dict, dataset) -> List[Tuple[object, list]]:
-    """Datasets that own a pipeline, with their pipeline configs.
+def _leaves(cfg: dict, dataset: Any) -> List[Tuple[BaseDataset, list]]:
+    """Leaf datasets under stock wrappers, with their pipeline configs."""
+    # Built from ``cfg``: the two walks meet the same leaves in order.
+    leaves = list(zip(leaf_datasets(dataset), leaf_datasets(cfg)))
+    for _, leaf_cfg in leaves:
+        if 'pipeline' not in leaf_cfg:
+            raise ValueError(
+                f'MultiGridDataset: the dataset config {leaf_cfg.get("type")}'
+                ' has no `pipeline`; cannot apply multigrid shapes to it.')
+    return [(leaf, list(leaf_cfg['pipeline'])) for leaf, leaf_cfg in leaves]
 
-    Walks stock wrappers (``ConcatDataset``'s ``datasets``,
-    ``RepeatDataset``/``ClassBalancedDataset``'s ``dataset``) in step with
-    the built instances.
+
+def _load(dataset: BaseDataset, idx: int, pipeline: SkipBroken) -> dict:
+    """Sample ``idx`` of leaf ``dataset`` through ``pipeline``.
+
+    A skipped sample is replaced as ``BaseDataset.__getitem__`` would: by a
+    random other sample of the same dataset, ``max_refetch`` times at most;
+    none in test mode. The same draws, so a seed gives the same sample.
     """
-    if 'datasets' in cfg:
-        return [
-            leaf for sub_cfg, sub in zip(cfg['datasets'], dataset.datasets)
-            for leaf in _leaves(sub_cfg, sub)
-        ]
-    if 'dataset' in cfg:
-        return _leaves(cfg['dataset'], dataset.dataset)
-    if 'pipeline' not in cfg:
-        raise ValueError(
-            f'MultiGridDataset: the dataset config {cfg.get("type")} has no '
-            '`pipeline`; cannot apply multigrid shapes to it.')
-    return [(dataset, list(cfg['pipeline']))]
+    if dataset.test_mode:
+        data = pipeline(dataset.get_data_info(idx))
+        if data is None:
+            # MMEngine's messages, word for word.
+            raise Exception('Test time pipline should not get `None` '
+                            'data_sample')
+        return data
+    for _ in range(dataset.max_refetch + 1):
+        data = pipeline(dataset.get_data_info(idx))
+        if data is not None:
+            return data
+        idx = np.random.randint(0, len(dataset))
+    raise Exception(f'Cannot find valid image after {dataset.max_refetch}! '
+                    'Please check your image path and pipeline')
 
 
 @DATASETS.register_module()
@@ -177,11 +196,11 @@ class MultiGridDataset:
         one is fetched with the same shape; failures in a row stop the run
         with their own error, see :class:`SkipBroken`.
         Plain integer indices (validation, precise BN, a stock sampler) load
-        the default shape with the stock pipeline. A pipeline is built once
-        per distinct shape per process, on first use. A :class:`ShapedIndex`
-        with a ``seed`` loads its sample (refetches of skipped samples
-        included) with Python, NumPy and torch CPU random numbers seeded by
-        it.
+        the default shape with the wrapped dataset's own pipeline. A
+        pipeline is built once per distinct shape per process, on first
+        use. A :class:`ShapedIndex` with a ``seed`` loads its sample
+        (refetches of skipped samples included) with Python, NumPy and
+        torch CPU random numbers seeded by it.
     """
 
     def __init__(self,
@@ -239,8 +258,24 @@ class MultiGridDataset:
             or getattr(step.get('type'), '__name__', None) in decoders
             for _, pipeline in self._leaves for step in pipeline)
 
-    def _pipeline(self, leaf: int, shape: ShapedIndex) -> SkipBroken:
-        """Pipeline of leaf dataset ``leaf`` for ``shape`` (cached)."""
+    def pipeline_for(self,
+                     shape: Optional[ShapedIndex] = None,
+                     leaf: int = 0) -> SkipBroken:
+        """The pipeline that loads samples of a leaf dataset at a shape.
+
+        Args:
+            shape: The clip shape (its ``index`` and ``seed`` are ignored);
+                None: the leaf's own pipeline, for plain indices. Defaults
+                to None.
+            leaf: Position of the leaf dataset in the wrapped dataset's
+                sample order (see :func:`.walk.leaf_datasets`). Defaults
+                to 0.
+
+        Returns:
+            SkipBroken: The guarded pipeline, built on first use.
+        """
+        if shape is None:
+            return self._stock[leaf]
         key = (leaf, shape._replace(index=0, seed=None))
         if key not in self._pipelines:
             cfg = reshape_pipeline(self._leaves[leaf][1], shape.clip_len,
@@ -270,15 +305,23 @@ class MultiGridDataset:
         return cfg
 
     def __getitem__(self, idx: Union[int, ShapedIndex, tuple]) -> dict:
+        if not self._fully_initialized:
+            print_log(
+                'Please call `full_init()` method manually to accelerate '
+                'the speed.',
+                logger='current',
+                level=logging.WARNING)
+            self.full_init()
         shape: Optional[ShapedIndex] = None
         if isinstance(idx, tuple):
             shape = ShapedIndex(*idx)
             idx = shape.index
-        for i, (leaf, _) in enumerate(self._leaves):
-            leaf.pipeline = (
-                self._stock[i] if shape is None else self._pipeline(i, shape))
+        dataset, idx = locate(self.dataset, idx)
+        # By identity: pickling into workers keeps it, not ids.
+        leaf = next(i for i, (candidate, _) in enumerate(self._leaves)
+                    if candidate is dataset)
         with seeded(None if shape is None else shape.seed):
-            return self.dataset[idx]
+            return _load(dataset, idx, self.pipeline_for(shape, leaf))
 
 
 def _manifest(root: str) -> dict:

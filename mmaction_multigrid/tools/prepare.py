@@ -41,8 +41,9 @@ from mmengine.utils import ProgressBar
 
 from ..datasets.pipeline import decode_short_side, reshape_pipeline
 from ..datasets.transforms import copy_folder
+from ..datasets.walk import leaf_datasets
 from ..datasets.wrapper import MANIFEST
-from ..engine.convert import _leaf_datasets, convert_config
+from ..engine.convert import convert_config
 from ..schedule.cycles import MultiGridSchedule
 
 ANNOTATION = 'train_list.txt'
@@ -96,7 +97,7 @@ def train_leaf(cfg: Config) -> dict:
         ValueError: for wrapped or other dataset types.
     """
     dataset = cfg['train_dataloader']['dataset']
-    leaves = _leaf_datasets(dataset)
+    leaves = leaf_datasets(dataset)
     if len(leaves) != 1 or leaves[0] is not dataset or dataset.get(
             'type') not in ('VideoDataset', 'RawframeDataset'):
         raise ValueError(
