@@ -1,6 +1,7 @@
 """Tests of the configs in configs/: they load, convert, build, and the models
 take the multigrid input shapes; the Kinetics-400 ones equal the stock
 MMAction2 configs except for the two multigrid lines."""
+import ast
 import glob
 import os.path as osp
 
@@ -65,15 +66,44 @@ def test_config_converts_and_model_takes_shapes(path):
         assert scores.shape == (1, cfg.model.cls_head.num_classes)
 
 
+MULTI_GRID = dict(
+    long_cycle=True,
+    short_cycle=True,
+    long_cycle_factors=((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1)),
+    short_cycle_factors=(0.5, 0.5**0.5),
+    epoch_factor=1.5,
+    default_s=(224, 224))
+# What a training run is made of: a config that inherits the stock one must
+# agree on each of these (checked one by one for a readable failure, then the
+# whole dict, so nothing else differs either).
+KEYS = ('model', 'train_pipeline', 'val_pipeline', 'test_pipeline',
+        'train_dataloader', 'val_dataloader', 'test_dataloader',
+        'optim_wrapper', 'param_scheduler', 'train_cfg', 'val_cfg', 'test_cfg',
+        'default_hooks', 'default_scope')
+
+
 @pytest.mark.parametrize('name', sorted(K400))
 def test_k400_config_is_stock_plus_multigrid(name):
-    ours = Config.fromfile(osp.join(ROOT, 'configs', name + '.py')).to_dict()
+    """The config in configs/ (now a _base_ on the installed stock file)
+    loads to the stock config, loaded on its own, plus the two multigrid
+    lines: what the full copy it replaced held."""
+    path = osp.join(ROOT, 'configs', name + '.py')
+    # The stock config is inherited, not copied out: only three names.
+    with open(path, encoding='utf-8') as f:
+        names = [
+            t.id for node in ast.parse(f.read()).body for t in node.targets
+        ]
+    assert names == ['_base_', 'custom_imports', 'multi_grid']
+    ours = Config.fromfile(path).to_dict()
     stock = Config.fromfile(
         osp.join(STOCK, K400[name],
                  name.replace('_multigrid', '') + '.py')).to_dict()
     assert ours.pop('custom_imports') == dict(
         imports=['mmaction_multigrid'], allow_failed_imports=False)
-    assert ours.pop('multi_grid')['default_s'] == (224, 224)
+    assert ours.pop('multi_grid') == MULTI_GRID
+    for key in KEYS:
+        assert key in stock, key
+        assert ours[key] == stock[key], key
     assert ours == stock
 
 
