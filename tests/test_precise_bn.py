@@ -1,6 +1,8 @@
 """Tests for precise BN (mmaction_multigrid.engine.precise_bn)."""
+import itertools
 import logging
 import os
+import re
 import socket
 
 import pytest
@@ -8,8 +10,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from mmengine.evaluator import BaseMetric
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from torch.utils.data import Dataset
 
-from mmaction_multigrid.engine.precise_bn import update_bn_stats
+from mmaction_multigrid.engine.precise_bn import PreciseBNHook, update_bn_stats
 from mmaction_multigrid.models.sub_batch_bn import SubBatchNorm3d
 
 C = 4
@@ -215,3 +221,173 @@ def test_distributed_average(tmp_path):
         results[0]['var'], (local[0][1] + local[1][1]) / 2,
         atol=1e-5,
         rtol=1e-5)
+
+
+# When PreciseBNHook runs, through a real MMEngine Runner: a small model
+# with a BN layer, 6 epochs of 2 iterations.
+
+
+class _Vectors(Dataset):
+    """Eight random 2-vectors with labels."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(8, 2, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, idx):
+        return dict(inputs=self.x[idx], labels=idx % 2)
+
+
+class _BNModel(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, C)
+        self.bn = nn.BatchNorm1d(C)
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        out = self.bn(self.fc(inputs))
+        if mode == 'loss':
+            return dict(loss=out.pow(2).mean())
+        return [dict(score=row) for row in out]
+
+
+class _NoMetric(BaseMetric):
+
+    def process(self, data_batch, data_samples):
+        self.results.extend(data_samples)
+
+    def compute_metrics(self, results):
+        return dict(count=len(results))
+
+
+_NAMES = itertools.count()
+
+
+def _train(tmp_path,
+           precise: PreciseBNHook,
+           checkpoint: dict,
+           val: dict = None) -> str:
+    """Train the toy model for 6 epochs and return the log text.
+
+    ``val``: the train loop's validation settings (``val_interval``,
+    ``val_begin``, ``dynamic_intervals``); None trains without validation.
+    """
+    loader = dict(
+        dataset=_Vectors(),
+        sampler=dict(type='DefaultSampler', shuffle=True),
+        batch_size=4,
+        collate_fn=dict(type='default_collate'))
+    val_options = {} if val is None else dict(
+        val_dataloader=dict(
+            loader, sampler=dict(type='DefaultSampler', shuffle=False)),
+        val_cfg=dict(),
+        val_evaluator=[_NoMetric()])
+    runner = Runner(
+        model=_BNModel(),
+        work_dir=str(tmp_path),
+        experiment_name=f'precise_bn_{next(_NAMES)}',
+        train_dataloader=loader,
+        train_cfg=dict(by_epoch=True, max_epochs=6, **(val or {})),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', **checkpoint)),
+        custom_hooks=[precise],
+        randomness=dict(seed=0),
+        **val_options)
+    runner.train()
+    with open(f'{runner.log_dir}/{runner.timestamp}.log') as f:
+        return f.read()
+
+
+def _recomputed(log: str) -> set:
+    """1-based epochs after which the hook recomputed BN statistics."""
+    return {int(e) for e in re.findall(r'Precise BN after epoch (\d+):', log)}
+
+
+def _validated(log: str) -> set:
+    """1-based epochs after which the train loop validated."""
+    return {int(e) for e in re.findall(r'Epoch\(val\) \[(\d+)\]', log)}
+
+
+def _checkpoint_warnings(log: str) -> list:
+    """The log's warning lines about checkpoints precise BN does not
+    precede."""
+    return [
+        line for line in log.splitlines() if 'WARNING' in line and (
+            'precise BN did not recompute' in line or 'by_epoch=False' in line)
+    ]
+
+
+def test_interval_and_validation_epochs(tmp_path):
+    # interval=3 -> after epochs 3, 6; val_interval=2 -> validations after
+    # 2, 4, 6; the last epoch is 6.
+    log = _train(
+        tmp_path,
+        PreciseBNHook(num_iters=1, interval=3),
+        dict(interval=6),
+        val=dict(val_interval=2))
+    assert _validated(log) == {2, 4, 6}
+    assert _recomputed(log) == {2, 3, 4, 6}
+    assert not _checkpoint_warnings(log)
+
+
+# The train loop's validation settings -> 1-based epochs it validates after.
+VALIDATION_CASES = [
+    # Every 3rd epoch, and the last.
+    pytest.param(dict(val_interval=3), {3, 6}, id='fixed'),
+    # After each epoch MMEngine takes the interval in force at (completed
+    # epochs + 1): 3 after epochs 1-3, 2 from epoch 4 on (4 + 1 >= milestone
+    # 5), so validations after 3, 4 and 6.
+    pytest.param(
+        dict(val_interval=3, dynamic_intervals=[(5, 2)]), {3, 4, 6},
+        id='dynamic'),
+    # Interval 1 from epoch 3 on (3 + 1 >= milestone 4), but not before
+    # val_begin=4.
+    pytest.param(
+        dict(val_interval=3, val_begin=4, dynamic_intervals=[(4, 1)]),
+        {4, 5, 6},
+        id='dynamic-from-val-begin'),
+]
+
+
+@pytest.mark.parametrize('val,epochs', VALIDATION_CASES)
+def test_follows_dynamic_validation_intervals(tmp_path, val, epochs):
+    log = _train(
+        tmp_path, PreciseBNHook(num_iters=1), dict(interval=6), val=val)
+    assert _validated(log) == epochs
+    assert _recomputed(log) == epochs
+
+
+def test_warns_once_about_stale_checkpoints(tmp_path):
+    # Checkpoints after epochs 2, 4, 6; precise BN after 3, 6 only.
+    log = _train(tmp_path / 'stale', PreciseBNHook(num_iters=1, interval=3),
+                 dict(interval=2))
+    assert _recomputed(log) == {3, 6}
+    (warning, ) = _checkpoint_warnings(log)
+    assert '2 checkpoint(s), the first after epoch 2' in warning
+    assert 'default_hooks.checkpoint.interval=2' in warning
+    assert 'multi_grid.precise_bn.interval=3' in warning
+    assert 'multi_grid.precise_bn.interval to a divisor of 2' in warning
+
+    # Intervals that agree, or validations that cover the checkpoints.
+    for name, precise, checkpoint, val in [
+        ('agree', 3, dict(interval=3), None),
+        ('divisor', 1, dict(interval=2), None),
+        ('validation', None, dict(interval=4), dict(val_interval=2)),
+    ]:
+        log = _train(tmp_path / name,
+                     PreciseBNHook(num_iters=1, interval=precise), checkpoint,
+                     val)
+        assert not _checkpoint_warnings(log), name
+
+
+def test_warns_about_iteration_checkpoints(tmp_path):
+    log = _train(tmp_path, PreciseBNHook(num_iters=1),
+                 dict(interval=2, by_epoch=False))
+    assert _recomputed(log) == {6}
+    (warning, ) = _checkpoint_warnings(log)
+    assert 'default_hooks.checkpoint.by_epoch=False' in warning

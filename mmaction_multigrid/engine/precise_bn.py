@@ -9,6 +9,7 @@ through the current weights. :func:`update_bn_stats` does it for any model;
 import bisect
 import itertools
 import logging
+import math
 import time
 from typing import Any, Callable, Iterable, List, Optional
 
@@ -128,33 +129,57 @@ def update_bn_stats(model: nn.Module,
     return used
 
 
+def _checkpoint_epochs(hook: CheckpointHook, max_epochs: int) -> List[int]:
+    """The 1-based epochs after which an epoch-based ``CheckpointHook`` saves.
+
+    Its periodic checkpoints: every ``interval`` epochs counted from
+    ``save_begin`` (none if ``interval < 1``). ``save_last`` adds the last
+    epoch, after which precise BN always runs, so it is left out.
+    """
+    if hook.interval < 1:
+        return []
+    return [
+        epoch for epoch in range(max(hook.save_begin, 1), max_epochs + 1)
+        if (epoch - hook.save_begin) % hook.interval == 0
+    ]
+
+
 @HOOKS.register_module()
 class PreciseBNHook(Hook):
     """Recompute BN statistics at the default shape before they are used.
 
     Runs :func:`update_bn_stats` over ``num_iters`` batches of the train set
-    at the default (stock) shape, after a train epoch that is followed by a
-    validation or an epoch-based checkpoint, as the train loop's validation
-    settings (``val_begin``, ``val_interval``, ``dynamic_intervals``) and
-    each ``CheckpointHook``'s settings (``interval``, ``save_begin``,
-    ``save_last``) say; and every ``interval`` epochs if set. The batches
-    come from a loader of its own over the train dataset, with the stock
-    per-GPU batch size, the train loader's workers and collate function, in
-    an order fixed by the sampler seed and the epoch; with several
-    processes each rank takes its share and the statistics are averaged.
+    at the default (stock) shape, after a train epoch when either
 
-    The whole model runs (``mode='loss'`` with the batch's labels), so BN
-    layers in necks and auxiliary heads are updated too.
+    - its own ``interval`` says so (after every ``interval``-th epoch) or
+      the epoch is the last one, or
+    - the train loop validates after this epoch, as the loop's own
+      ``val_begin`` and ``dynamic_milestones`` / ``dynamic_intervals``
+      (from ``val_interval`` and ``dynamic_intervals`` in ``train_cfg``)
+      decide it in MMEngine's ``EpochBasedTrainLoop.run``.
+
+    Checkpoints are not part of the rule. Once, before training, the hook
+    compares it with each ``CheckpointHook``'s settings and logs one warning
+    naming the config keys when a checkpoint would hold statistics that were
+    not recomputed just before it was saved.
+
+    The batches come from a loader of its own over the train dataset, with
+    the stock per-GPU batch size, the train loader's workers and collate
+    function, in an order fixed by the sampler seed and the epoch; with
+    several processes each rank takes its share and the statistics are
+    averaged. The whole model runs (``mode='loss'`` with the batch's
+    labels), so BN layers in necks and auxiliary heads are updated too.
 
     Args:
         num_iters (int): Batches to average over. Defaults to 200.
-        interval (int, optional): Also run every ``interval`` epochs.
-            Defaults to None.
+        interval (int, optional): Also run after every ``interval``-th
+            epoch. Defaults to None (only before validations and after the
+            last epoch).
 
     Note:
-        Priority ``ABOVE_NORMAL``: it must run before ``CheckpointHook``
-        (``VERY_LOW``) saves. Checkpoints saved every N iterations
-        (``by_epoch=False``) keep the training statistics.
+        Priority ``ABOVE_NORMAL``: after a train epoch it runs before
+        ``CheckpointHook`` (``VERY_LOW``) saves, and every hook's
+        ``after_train_epoch`` runs before the loop validates.
     """
 
     priority = 'ABOVE_NORMAL'
@@ -172,30 +197,81 @@ class PreciseBNHook(Hook):
         self.num_iters = num_iters
         self.interval = interval
 
+    def before_train(self, runner) -> None:
+        """Warn once about checkpoints that would hold stale statistics."""
+        message = self._checkpoint_warning(runner)
+        if message is not None:
+            runner.logger.warning(message)
+
     def after_train_epoch(self, runner) -> None:
-        if self._runs_after(runner):
+        """Recompute the statistics if the rule says so for this epoch."""
+        if self.recomputes_after(runner, runner.epoch + 1):
             self._update(runner)
 
-    def _runs_after(self, runner) -> bool:
-        """Whether this epoch is followed by a validation, a checkpoint, or
-        ends an ``interval``."""
-        epoch = runner.epoch + 1
-        if self.interval and epoch % self.interval == 0:
+    def recomputes_after(self, runner, epoch: int) -> bool:
+        """Whether statistics are recomputed after the 1-based ``epoch``.
+
+        Args:
+            runner (Runner): The runner, with an ``EpochBasedTrainLoop``.
+            epoch (int): Number of train epochs completed (1-based).
+
+        Returns:
+            bool: True after every ``interval``-th epoch, after the last
+            epoch, and after an epoch the train loop validates after.
+        """
+        if self.interval is not None and epoch % self.interval == 0:
             return True
-        if epoch == runner.max_epochs:  # final validation / last checkpoint
+        if epoch == runner.max_epochs:
             return True
         loop = runner.train_loop
-        if runner.val_loop is not None and epoch >= loop.val_begin:
-            # The interval the loop will use after this epoch (MMEngine's
-            # dynamic_intervals rule, EpochBasedTrainLoop).
-            step = bisect.bisect(loop.dynamic_milestones, epoch + 1)
-            if epoch % loop.dynamic_intervals[step - 1] == 0:
-                return True
-        return any(
-            hook.by_epoch and (
-                hook.every_n_epochs(runner, hook.interval, hook.save_begin)
-                or hook.save_last and hook.is_last_train_epoch(runner))
-            for hook in runner.hooks if isinstance(hook, CheckpointHook))
+        if runner.val_loop is None or epoch < loop.val_begin:
+            return False
+        # After after_train_epoch, the loop sets val_interval (which still
+        # holds the previous epoch's value here) to the dynamic interval for
+        # (completed epochs + 1), then validates when the completed epochs
+        # are a multiple of it (or the last epoch, handled above).
+        step = bisect.bisect(loop.dynamic_milestones, epoch + 1)
+        return epoch % loop.dynamic_intervals[step - 1] == 0
+
+    def _checkpoint_warning(self, runner) -> Optional[str]:
+        """The warning for checkpoints saved without recomputed statistics.
+
+        Args:
+            runner (Runner): The runner, with its hooks registered.
+
+        Returns:
+            str, optional: One message naming the config keys and the fix,
+            or None when every checkpoint follows a recomputation.
+        """
+        for hook in runner.hooks:
+            if not isinstance(hook, CheckpointHook):
+                continue
+            if not hook.by_epoch:
+                if hook.interval > 0 or hook.save_last:
+                    return ('Multigrid: checkpoints saved by iteration '
+                            '(default_hooks.checkpoint.by_epoch=False) hold '
+                            'the training BN statistics; precise BN '
+                            'recomputes them after train epochs only. Set '
+                            'default_hooks.checkpoint.by_epoch=True.')
+                continue
+            stale = [
+                epoch for epoch in _checkpoint_epochs(hook, runner.max_epochs)
+                if not self.recomputes_after(runner, epoch)
+            ]
+            if stale:
+                divisor = math.gcd(hook.interval, hook.save_begin)
+                return (f'Multigrid: {len(stale)} checkpoint(s), the '
+                        f'first after epoch {stale[0]}, would hold BN '
+                        'statistics that precise BN did not recompute '
+                        '(default_hooks.checkpoint.interval='
+                        f'{hook.interval}, save_begin={hook.save_begin}; '
+                        'multi_grid.precise_bn.interval='
+                        f'{self.interval}; precise BN runs every '
+                        'multi_grid.precise_bn.interval epochs, before each '
+                        'validation and after the last epoch). Set '
+                        'multi_grid.precise_bn.interval to a divisor of '
+                        f'{divisor}.')
+        return None
 
     def _update(self, runner) -> None:
         """Recompute BN statistics over default-shape batches."""
