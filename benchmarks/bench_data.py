@@ -37,8 +37,7 @@ from mmaction_multigrid.datasets.pipeline import (_last_size_index, _set_size,
                                                   reshape_pipeline)
 from mmaction_multigrid.datasets.wrapper import (MultiGridDataset, ShapedIndex,
                                                  SkipBroken)
-from mmaction_multigrid.tools.cli import (DEMO_CONFIG, config_schedule,
-                                          load_config)
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_plan, load_config
 from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 
@@ -150,7 +149,7 @@ def main() -> None:
     cfg = load_config(DEMO_CONFIG)
     cfg.train_cfg.max_epochs = 30
     cfg.param_scheduler[1].update(end=30, milestones=[12, 24])
-    schedule = config_schedule(cfg)
+    schedule = config_plan(cfg).schedule
     shapes = sorted(
         {(s.clip_len, s.frame_interval) + tuple(s.size)
          for e in range(schedule.max_epochs)

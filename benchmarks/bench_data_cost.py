@@ -47,7 +47,7 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
 from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.tools.cli import config_schedule
+from mmaction_multigrid.tools.cli import config_plan
 from mmaction_multigrid.tools.measure import time_data
 from mmaction_multigrid.tools.prepare import disk_bytes, prepare
 
@@ -376,7 +376,7 @@ def main() -> None:
               f'{args.workers or os.cpu_count()} processes), copies at short '
               f'sides {report["short_sides"]}: '
               f'{report["bytes"] / report["samples"] / 1e6:.2f} MB/video')
-        schedule = config_schedule(cfg)
+        schedule = config_plan(cfg).schedule
         weights = schedule_weights(schedule)
         keys = sorted({k
                        for w in weights

@@ -59,7 +59,7 @@ from bench_data_cost import kinetics_like_frames, write_h264
 from result_json import write_result
 
 import mmaction_multigrid  # noqa: F401  (registers, installs the switch)
-from mmaction_multigrid.tools.cli import config_schedule
+from mmaction_multigrid.tools.cli import config_plan
 
 I3D = osp.join(
     osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition', 'i3d',
@@ -318,13 +318,13 @@ def run_once(cfg: Config, args, name: str, cycle: int) -> dict:
 
 def stage_key(cfg: Config) -> str:
     """``frames x crop`` of a single-stage multigrid config's base shape."""
-    shape = config_schedule(cfg).batch_shapes(0)[-1]
+    shape = config_plan(cfg).schedule.batch_shapes(0)[-1]
     return f'{shape.clip_len}x{shape.size[0]}x{shape.size[1]}'
 
 
 def schedule_epochs(cfg: Config) -> Dict[str, int]:
     """Epochs of the default schedule per base shape (``stage_key``)."""
-    schedule = config_schedule(cfg)
+    schedule = config_plan(cfg).schedule
     epochs: Dict[str, int] = {}
     for e in range(schedule.max_epochs):
         shape = schedule.batch_shapes(e)[-1]
@@ -408,8 +408,8 @@ def main() -> None:
     }
     mg_default = with_multigrid(bases['video'], {})
     weights = schedule_epochs(mg_default)
-    stock_epochs = config_schedule(mg_default).stock_max_epochs
-    ceiling = 1 / config_schedule(mg_default).compute_ratio()
+    stock_epochs = config_plan(mg_default).schedule.stock_max_epochs
+    ceiling = 1 / config_plan(mg_default).schedule.compute_ratio()
     results: Dict[str, dict] = {}
     lines: List[str] = []
     stages = args.stages or list(range(len(LONG_CYCLE)))
@@ -433,7 +433,7 @@ def main() -> None:
                 print(f'{name} {label}: skipped (deadline)', flush=True)
                 continue
             cycle = 1 if j is None else len(
-                config_schedule(cfg).batch_shapes(0))
+                config_plan(cfg).schedule.batch_shapes(0))
             result = run_once(cfg, args, f'{name}_{label}', cycle)
             results[name]['stages'][label] = result
             lines.append(

@@ -38,8 +38,7 @@ sys.path.insert(0, osp.dirname(HERE))
 from mmaction_multigrid.datasets.sampler import ShortCycleBatchSampler
 from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
 from mmaction_multigrid.engine.multigrid_hook import MultiGridHook
-from mmaction_multigrid.tools.cli import (DEMO_CONFIG, config_schedule,
-                                          load_config)
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_plan, load_config
 from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 
@@ -72,9 +71,9 @@ def main() -> None:
     batch = cfg.train_dataloader.batch_size
     stock_ds = DATASETS.build(ds_cfg)
     mg_ds = MultiGridDataset(ds_cfg)
-    schedule_args = dict(config_schedule(cfg).args, short_cycle=False)
+    cfg.multi_grid.short_cycle = False
     mg_sampler = ShortCycleBatchSampler(
-        DefaultSampler(mg_ds, seed=0), batch, schedule=schedule_args)
+        DefaultSampler(mg_ds, seed=0), batch, plan=config_plan(cfg))
     last = mg_sampler.schedule.max_epochs - 1
     mg_sampler.set_epoch(last)
     shapes = mg_sampler.schedule.batch_shapes(last)

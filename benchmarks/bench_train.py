@@ -49,8 +49,7 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, osp.dirname(HERE))
 
 from mmaction_multigrid import MultiGridSchedule
-from mmaction_multigrid.tools.cli import (DEMO_CONFIG, config_schedule,
-                                          load_config)
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_plan, load_config
 from mmaction_multigrid.tools.synthetic import dataset_cfg, make_dataset
 
 RESULTS = osp.join(osp.dirname(HERE), 'work_dirs', 'benchmarks')
@@ -256,7 +255,7 @@ def run_one(info: dict, args, multigrid: bool, fmt: str) -> dict:
 def report(fmt: str, runs: dict, schedule: MultiGridSchedule) -> str:
     out = [
         f'\n=== data={fmt}: stock {schedule.stock_max_epochs} epochs '
-        f'{"cosine" if schedule.lr_terms else schedule.stock_milestones}'
+        f'{schedule.stock_milestones if schedule.step_rule else "cosine"}'
         f' vs multigrid '
         f'{schedule.max_epochs} epochs ===',
         '| run | epochs | iters | clips | train time (s) | clips/s | '
@@ -470,7 +469,7 @@ def main() -> None:
                 f'{os.getloadavg()}',
                 flush=True)
         cfg, _ = build_cfg(info, args, True, '')
-        schedule = config_schedule(cfg)
+        schedule = config_plan(cfg).schedule
         if len(runs) == 2:
             text = report(fmt, runs, schedule)
             print(text, flush=True)

@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Dict, List
 
+from result_json import write_result
+
 HERE = osp.dirname(osp.abspath(__file__))
 RESULTS = osp.join(osp.dirname(HERE), 'work_dirs', 'benchmarks')
 
@@ -91,8 +93,7 @@ def main() -> None:
                     train_s=run['train_time'],
                     vals=[v['top1'] for v in run['vals']])
             results.append(row)
-            with open(out, 'w') as f:
-                json.dump(dict(args=vars(args), runs=results), f, indent=1)
+            write_result(out, dict(args=vars(args), runs=results))
             print(f'{time.time() - start:6.0f} s {row}', flush=True)
     print(f'\nmean top-1 over seeds {args.seeds} (wrote {out}):')
     for name in variants:

@@ -2,7 +2,7 @@
 
 Importing the package registers its components into MMAction2's registries,
 installs the switch that trains configs with ``multi_grid`` the multigrid
-way (see :mod:`mmaction_multigrid.engine.runner`) and lets ``torch.load``'s
+way (see :mod:`mmaction_multigrid.engine.switch`) and lets ``torch.load``'s
 weights-only check accept MMEngine's checkpoints (see
 :mod:`mmaction_multigrid.engine.checkpoint_compat`).
 """
@@ -15,15 +15,19 @@ from .datasets.transforms import (PreparedFrameInit,
                                   ReducedRawFrameDecode)
 from .datasets.wrapper import MultiGridDataset, ShapedIndex
 from .engine.checkpoint_compat import allow_mmengine_checkpoints
-from .engine.convert import convert_config, validate_options
+from .engine.convert import convert_config
 from .engine.loop import MultiGridTrainLoop
 from .engine.lr import MultiGridLR
 from .engine.multigrid_hook import MultiGridHook
+from .engine.plan import build_plan
 from .engine.precise_bn import PreciseBNHook
 from .engine.resume import ExactResumeHook
-from .engine.runner import MultiGridRunner, install_switch
+from .engine.runner import MultiGridRunner
+from .engine.switch import install_switch
 from .models.sub_batch_bn import SubBatchNorm3d, convert_sub_batch_bn
 from .schedule.cycles import MultiGridSchedule
+from .schedule.options import MultiGridOptions
+from .schedule.plan import MultiGridPlan
 from .version import __version__
 
 install_switch()
@@ -41,10 +45,11 @@ def build_data_preprocessor(**kwargs):
 
 __all__ = [
     'ExactResumeHook', 'MultiGridDataset', 'MultiGridHook', 'MultiGridLR',
-    'MultiGridRunner', 'MultiGridSchedule', 'MultiGridTrainLoop',
-    'PreciseBNHook', 'PreparedFrameInit', 'RandomIntervalSampleFrames',
-    'ReducedRawFrameDecode', 'ShapedIndex', 'ShortCycleBatchSampler',
-    'SubBatchNorm3d', 'allow_mmengine_checkpoints', 'convert_config',
+    'MultiGridOptions', 'MultiGridPlan', 'MultiGridRunner',
+    'MultiGridSchedule', 'MultiGridTrainLoop', 'PreciseBNHook',
+    'PreparedFrameInit', 'RandomIntervalSampleFrames', 'ReducedRawFrameDecode',
+    'ShapedIndex', 'ShortCycleBatchSampler', 'SubBatchNorm3d',
+    'allow_mmengine_checkpoints', 'build_plan', 'convert_config',
     'convert_sub_batch_bn', 'install_switch', 'multigrid_collate',
-    'validate_options', '__version__'
+    '__version__'
 ]

@@ -263,6 +263,18 @@ def small_config(data, work_dir, batch_size=1, options=None, **multi_grid):
     return cfg
 
 
+def schedule_plan(batch_size=1, epoch_lengths=(), **schedule):
+    """A plan of ``MultiGridSchedule(batch_size=batch_size, **schedule)``
+    with default options, for pieces tested without a Runner."""
+    from mmaction_multigrid import (MultiGridOptions, MultiGridPlan,
+                                    MultiGridSchedule)
+    return MultiGridPlan(
+        options=MultiGridOptions(),
+        schedule=MultiGridSchedule(batch_size=batch_size, **schedule),
+        stock={},
+        epoch_lengths=tuple(epoch_lengths))
+
+
 def scheduled(n_samples, batch_size=1, drop_last=True, lr=False):
     """[(epoch, iter, shape)] the reference gives for ``n_samples`` (and
     the LR with ``lr``)."""

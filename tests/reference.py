@@ -210,65 +210,19 @@ def pyslowfast_long_cycle(T, S, E, milestones, gamma, long_factors,
 
 # ---------------------------------------------------------------------------
 # Non-step schedules (docs/schedules.md), transcribed from the documented
-# rule: stock LinearLR / CosineAnnealingLR closed forms, PySlowFast's stretch
-# for short cycles only, equal phases + fine-tuning for long cycles.
+# rule: equal phases + fine-tuning for long cycles. The stock LR itself comes
+# from MMEngine's schedulers (tests/mmengine_lr.py).
 # ---------------------------------------------------------------------------
-def stock_lr_factor(e, schedulers, base_lr, smooth=False):
-    """Stock LR / base LR at fractional epoch e: product over schedulers.
-
-    ``schedulers`` are stock config dicts (LinearLR, CosineAnnealingLR);
-    per-epoch ones are read at floor(e) unless ``smooth``.
-    """
-    f = 1.0
-    for s in schedulers:
-        at = e if smooth or s.get('convert_to_iter_based') else math.floor(e)
-        begin = s.get('begin', 0)
-        end = s['end']
-        if at < begin:
-            continue
-        k, n = min(at, end) - begin, end - begin
-        if s['type'] == 'LinearLR':
-            start, stop = s.get('start_factor', 1 / 3), s.get('end_factor', 1)
-            f *= start + (stop - start) * k / n
-        elif s['type'] == 'CosineAnnealingLR':
-            t_max = s.get('T_max') or n
-            eta = s.get('eta_min_ratio')
-            if eta is None:
-                eta = s.get('eta_min', 0) / base_lr
-            f *= eta + (1 - eta) * (1 + math.cos(math.pi * k / t_max)) / 2
-        else:
-            raise NotImplementedError(s['type'])
-    return f
-
-
-def stretched(schedulers, factor):
-    """PySlowFast's short-cycle-only rule: begin/end/T_max times factor."""
-    out = []
-    for s in schedulers:
-        s = dict(s)
-        for key in ('begin', 'end', 'T_max'):
-            if s.get(key) is not None:
-                v = s[key] * factor
-                s[key] = int(v) if isinstance(s[key], int) else v
-        out.append(s)
-    return out
-
-
 def cosine_phases(E, K, share):
     """Stock epochs ending the K equal long-cycle phases."""
     return [E * (1 - share) * (i + 1) / K for i in range(K)]
 
 
-def cosine_lr_factor(e,
-                     schedule,
-                     schedulers,
-                     base_lr,
-                     E,
-                     phases,
-                     scaling='linear'):
+def cosine_lr_factor(e, schedule, stock_at, E, phases, scaling='linear'):
     """Long cycle + non-step LR at multigrid epoch e.
 
-    ``schedule`` is :func:`long_cycle` run with ``phases`` as milestones.
+    ``schedule`` is :func:`long_cycle` run with ``phases`` as milestones;
+    ``stock_at(epoch)`` is the stock LR factor at a fractional stock epoch.
     """
     bounds = [0] + list(phases) + [E]
     begin, spans = 0, []
@@ -285,7 +239,7 @@ def cosine_lr_factor(e,
     _, base = base_at(schedule, int(e))
     b = base[0]
     scale = dict(linear=b, sqrt=b**0.5, none=1)[scaling]
-    return scale * stock_lr_factor(stock_e, schedulers, base_lr, smooth=True)
+    return scale * stock_at(stock_e)
 
 
 def short_cycle_lr_factor(sizes, i, scaling='linear'):

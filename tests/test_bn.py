@@ -8,7 +8,8 @@ import torch.nn as nn
 
 from mmaction_multigrid.models.sub_batch_bn import (SubBatchNorm3d,
                                                     SubBatchSyncBatchNorm,
-                                                    convert_sub_batch_bn)
+                                                    convert_sub_batch_bn,
+                                                    set_splits)
 
 C = 4
 
@@ -457,6 +458,38 @@ def test_equals_the_reference_definition():
     var = variances.sum(0) / groups + ((means - mean)**2).sum(0) / groups
     torch.testing.assert_close(bn.running_mean, mean)
     torch.testing.assert_close(bn.running_var, var)
+
+
+@pytest.mark.parametrize('n', [8, 16, 32])
+def test_splits_fix_the_number_of_groups(n):
+    """``bn_grouping='splits'`` (PySlowFast's NUM_SPLITS): every batch, of
+    any size, goes through the reference's view as 4 groups, so the groups
+    grow with the batch; ``splits=1`` is plain BN and None restores groups
+    of ``base_size``."""
+    groups = 4
+    model = nn.Sequential(SubBatchNorm3d(C, base_size=2))
+    bn = model[0]
+    _affine(bn)
+    set_splits(model, groups)
+    split = nn.BatchNorm3d(groups * C)
+    with torch.no_grad():
+        split.weight.copy_(bn.weight.repeat(groups))
+        split.bias.copy_(bn.bias.repeat(groups))
+    x = _inputs(n)
+    expected = split(x.view(n // groups, groups * C, *x.shape[2:]))
+    torch.testing.assert_close(bn(x), expected.view_as(x))
+    set_splits(model, 1)
+    plain = nn.BatchNorm3d(C)
+    with torch.no_grad():
+        plain.weight.copy_(bn.weight)
+        plain.bias.copy_(bn.bias)
+    torch.testing.assert_close(model(x), plain(x))
+    set_splits(model, None)
+    out = model(x)
+    want, _ = _per_group(x, 2, weight=bn.weight, bias=bn.bias)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='splits'):
+        set_splits(model, 0)
 
 
 # --------------------------------------------------------------------------

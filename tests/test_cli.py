@@ -100,8 +100,8 @@ def test_plan_cosine_shows_the_rule(tmp_path, capsys):
                           ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1),
                            (1, 1)), (0.5, 0.5**0.5), True, 1.5)
     assert _stage_ends(out) == [s[2] for s in want]
-    assert ('lr rule: stock LinearLR x CosineAnnealingLR at the equivalent '
-            'stock epoch x b') in out
+    assert ('lr rule: the stock LinearLR + CosineAnnealingLR (MMEngine) at '
+            'the equivalent stock epoch x b') in out
     assert 'lr steps' not in out
     png, = tmp_path.glob('*_multigrid_plan.png')
     assert imread(str(png)).std() > 0.05
@@ -138,9 +138,9 @@ ERRORS = [
     pytest.param(
         osp.join(STOCK, 'slowfast',
                  'slowfast_r50_8xb8-8x8x1-256e_kinetics400-rgb.py'),
-        ADD + ['param_scheduler.1.type=OneCycleLR'],
-        'param_scheduler OneCycleLR has no multigrid rule',
-        id='no-rule-scheduler'),
+        ADD + ['param_scheduler.1.type=ReduceOnPlateauLR'],
+        'param_scheduler ReduceOnPlateauLR follows validation metrics',
+        id='metric-scheduler'),
     pytest.param(
         I3D,
         ADD +

@@ -13,7 +13,7 @@ from mmaction.utils import register_all_modules
 from mmengine.config import Config
 
 from mmaction_multigrid import convert_config
-from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_schedule
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_plan
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
@@ -44,7 +44,7 @@ def test_config_converts_and_model_takes_shapes(path):
     cfg = Config.fromfile(path)
     converted = convert_config(cfg)
     assert converted.train_dataloader.dataset.type == 'MultiGridDataset'
-    schedule = config_schedule(cfg)
+    schedule = config_plan(cfg).schedule
     assert converted.train_cfg.max_epochs == schedule.max_epochs
     shapes = {(s.clip_len, s.size)
               for e in range(schedule.max_epochs)

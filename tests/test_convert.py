@@ -12,8 +12,7 @@ from mmengine.registry import RUNNERS
 from test_schedule import ref_schedule
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
-from mmaction_multigrid import convert_config
-from mmaction_multigrid.schedule.cycles import MultiGridSchedule
+from mmaction_multigrid import build_plan, convert_config
 
 CONFIGS = osp.join(
     osp.dirname(mmaction.__file__), '.mim', 'configs', 'recognition')
@@ -90,20 +89,22 @@ def test_convert_stock(path, T, r, B, E, warmup):
 
     schedulers = out.param_scheduler
     assert isinstance(schedulers, list) and len(schedulers) == 1
-    # The schedule's arguments are written once, into the batch sampler.
+    # The stock schedule is kept once; the plan is built from it.
     assert schedulers == [dict(type='MultiGridLR')]
-    args = loader.batch_sampler.schedule
+    assert 'schedule' not in loader.batch_sampler
+    assert out.multi_grid_stock.max_epochs == E
+    schedule = build_plan(out).schedule
     drops, gamma = _stock_drops(Config(before))
-    assert list(args['milestones']) == drops
-    assert args['gamma'] == gamma
-    assert (args['clip_len'], args['frame_interval']) == (T, r)
-    assert list(args['size']) == [224, 224]
-    assert args['max_epochs'] == E
+    assert schedule.stock_milestones == drops
+    assert schedule.gamma == gamma
+    assert (schedule.clip_len, schedule.frame_interval) == (T, r)
+    assert schedule.size == (224, 224)
+    assert schedule.stock_max_epochs == E
     if warmup is None:
-        assert args.get('warmup_epochs', 0) == 0
+        assert schedule.warmup_epochs == 0
     else:
-        assert (args['warmup_epochs'],
-                args['warmup_start_factor']) == pytest.approx(warmup)
+        assert (schedule.warmup_epochs,
+                schedule.warmup_start_factor) == pytest.approx(warmup)
 
     expected = ref_schedule(T, 224, E, drops)['max_epochs']
     assert out.train_cfg.max_epochs == expected
@@ -121,9 +122,8 @@ def test_stock_max_epochs_worked_examples():
     assert convert_config(_load(C2D)).train_cfg.max_epochs == 150
     assert convert_config(_load(SLOWFAST)).train_cfg.max_epochs == 384
     # SlowOnly's MultiStepLR begins at 10: MMEngine drops at 100 and 140.
-    args = convert_config(
-        _load(SLOWONLY)).train_dataloader.batch_sampler.schedule
-    assert list(args['milestones']) == [100, 140]
+    schedule = build_plan(convert_config(_load(SLOWONLY))).schedule
+    assert schedule.stock_milestones == [100, 140]
 
 
 def test_dump_reload(tmp_path):
@@ -153,8 +153,9 @@ def test_options_kept_and_custom_hooks_kept():
     out = convert_config(cfg)
     assert _types(out.custom_hooks)[0] == 'EMAHook'
     assert 'MultiGridHook' in _types(out.custom_hooks)
-    args = out.train_dataloader.batch_sampler.schedule
-    assert args['short_cycle'] is False and args['epoch_factor'] == 2.0
+    schedule = build_plan(out).schedule
+    assert schedule.short_cycle is False and schedule.epoch_factor == 2.0
+    assert out.multi_grid.short_cycle is False
     expected = ref_schedule(
         32, 224, 100, [40, 80], short_cycle=False,
         epoch_factor=2.0)['max_epochs']
@@ -188,17 +189,33 @@ def test_option_errors(multi_grid, key):
 
 
 @pytest.mark.parametrize('scheduler,reason', [
-    (dict(type='OneCycleLR', eta_max=0.1, total_steps=100), 'no multigrid'),
-    (dict(type='CosineAnnealingLR', T_max=10, by_epoch=False), 'by_epoch'),
+    (dict(type='ReduceOnPlateauLR', monitor='loss'), 'validation metrics'),
     (dict(type='CosineAnnealingMomentum', T_max=10), 'other than the LR'),
+    (dict(type='OneCycleLR', T_max=10), 'MMEngine cannot build'),
 ])
 def test_unsupported_schedulers_rejected(scheduler, reason):
-    """Cosine schedules convert (tests/test_cosine.py); schedulers without
-    a closed form, iteration-based ones and non-LR ones are refused."""
+    """Every LR scheduler MMEngine steps without metrics converts
+    (tests/test_stock_lr.py); ``ReduceOnPlateauLR``, non-LR schedulers and
+    schedulers MMEngine cannot build are refused, naming them."""
     cfg = _load(I3D)
     cfg.param_scheduler = [scheduler]
-    with pytest.raises(ValueError, match=f'param_scheduler.*{reason}'):
+    with pytest.raises(ValueError, match=reason) as error:
         convert_config(cfg)
+    assert scheduler['type'] in str(error.value)
+
+
+@pytest.mark.parametrize('scheduler', [
+    dict(type='OneCycleLR', eta_max=0.1, by_epoch=False),
+    dict(type='CosineAnnealingLR', T_max=10, by_epoch=False),
+    dict(type='MultiStepLR', milestones=[40, 80], by_epoch=False),
+])
+def test_iteration_based_schedulers_convert(scheduler):
+    """Iteration-based schedulers, refused before, convert and follow
+    MMEngine (a step one too: the reference rule is epoch-based)."""
+    cfg = _load(I3D)
+    cfg.param_scheduler = [scheduler]
+    plan = build_plan(convert_config(cfg))
+    assert not plan.schedule.step_rule and plan.stock_lr is not None
 
 
 def test_tsn_rejected():
@@ -388,9 +405,7 @@ def test_generated_options_convert_or_name_the_key(T, S, seed):
         if opts['precise_bn'] is not None:
             iters = opts['precise_bn'].get('num_iters', 200)
             assert type(iters) is int and iters >= 1, options
-        schedule = MultiGridSchedule(
-            batch_size=out.train_dataloader.batch_size,
-            **out.train_dataloader.batch_sampler.schedule)
+        schedule = build_plan(out).schedule
         assert schedule.max_epochs == out.train_cfg.max_epochs >= 1, options
         for epoch in range(schedule.max_epochs):
             for shape in schedule.batch_shapes(epoch):

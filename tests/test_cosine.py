@@ -1,22 +1,21 @@
-"""Non-step LR schedules (cosine and others) under multigrid.
+"""Non-step LR schedules (cosine and others) under multigrid, in the
+stock configs' forms.
 
-The stock factor is checked against MMEngine's own schedulers run step by
-step; the multigrid rules (docs/schedules.md) against the independent
-transcription in ``tests/reference.py``.
+The stock LR comes from MMEngine's own schedulers (``mmengine_lr``); the
+multigrid rules (docs/schedules.md) from the independent transcription in
+``tests/reference.py``.
 """
+import math
 import os.path as osp
 
 import pytest
 import reference as ref
-import torch
 from conftest import STOCK
 from mmengine import Config
-from mmengine.registry import PARAM_SCHEDULERS as ENGINE_SCHEDULERS
+from mmengine_lr import stock_lrs
 
-import mmaction_multigrid  # noqa: F401  (registers the package)
-from mmaction_multigrid import convert_config
-from mmaction_multigrid.schedule.cycles import MultiGridSchedule
-from mmaction_multigrid.schedule.lr_rules import scheduler_terms, stock_factor
+from mmaction_multigrid import MultiGridSchedule, build_plan, convert_config
+from mmaction_multigrid.engine.plan import plan_for_samples
 
 R2 = 0.5**0.5
 LONG = ((0.25, R2), (0.5, R2), (0.5, 1), (1, 1))
@@ -103,109 +102,69 @@ FORMS = {
     ],
 }
 
-
-def _mmengine_lrs(schedulers, epochs, epoch_length, base_lr):
-    """LR of every iteration as MMEngine's Runner applies ``schedulers``:
-    iteration-based ones step after every iteration, the others after every
-    epoch."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=base_lr)
-    built = []
-    for cfg in schedulers:
-        cfg = dict(cfg)
-        cfg.setdefault('end', epochs)
-        if cfg.pop('convert_to_iter_based', False):
-            cls = ENGINE_SCHEDULERS.get(cfg.pop('type'))
-            built.append(
-                cls.build_iter_from_epoch(
-                    opt, epoch_length=epoch_length, **cfg))
-        else:
-            built.append(ENGINE_SCHEDULERS.build(dict(cfg, optimizer=opt)))
-    lrs = []
-    for _ in range(epochs):
-        for _ in range(epoch_length):
-            lrs.append(opt.param_groups[0]['lr'])
-            opt.step()
-            for s in built:
-                if not s.by_epoch:
-                    s.step()
-        for s in built:
-            if s.by_epoch:
-                s.step()
-    return lrs
+IPE = 9  # stock iterations per epoch
+BASE_LR = 1e-3
 
 
-@pytest.mark.parametrize('form', sorted(FORMS))
-def test_stock_factor_is_mmengine_schedule(form):
-    """The closed forms reproduce MMEngine's chained schedulers; a LinearLR
-    warm-up differs by its discrete end (MMEngine reaches end_factor one
-    step before ``end``): at most (1 - start) / steps."""
-    base_lr, length = 1e-3, 50
-    terms = scheduler_terms(FORMS[form], 20, base_lr)
-    got = [
-        base_lr * stock_factor(terms, i / length) for i in range(20 * length)
-    ]
-    want = _mmengine_lrs(FORMS[form], 20, length, base_lr)
-    warm = {s['end'] * length for s in FORMS[form] if s['type'] == 'LinearLR'}
-    tolerance = 1.0 / (min(warm) - 1) if warm else 1e-9
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert g == pytest.approx(w, rel=tolerance, abs=1e-12), (i, g, w)
+def _plan(form, **multi_grid):
+    """The plan of the stock SlowFast config with the schedule ``form``
+    over 20 epochs, at ``IPE`` stock iterations per epoch."""
+    cfg = _load(SLOWFAST, **multi_grid)
+    cfg.train_cfg.max_epochs = 20
+    cfg.param_scheduler = FORMS[form]
+    cfg.optim_wrapper.optimizer.lr = BASE_LR
+    return plan_for_samples(build_plan(cfg), 8 * IPE)
 
 
-def _schedule(form, **kw):
-    return MultiGridSchedule(
-        32,
-        2,
-        224,
-        20, [],
-        batch_size=8,
-        lr_terms=scheduler_terms(FORMS[form], 20, 1e-3),
-        **kw)
+def _stock_at(form):
+    """The stock LR factor at a fractional stock epoch, from MMEngine."""
+    lrs = stock_lrs(FORMS[form], 20, IPE, BASE_LR)
+    return lambda e: lrs[min(math.floor(e * IPE + 1e-9), len(lrs) - 1)]
 
 
 @pytest.mark.parametrize('form', sorted(FORMS))
 def test_short_cycle_only_stretches_the_stock_schedule(form):
-    schedule = _schedule(form, long_cycle=False)
-    stretched = ref.stretched(
-        [dict(s, end=s.get('end', 20)) for s in FORMS[form]], 1.5)
+    plan = _plan(form, long_cycle=False)
+    schedule = plan.schedule
+    stock = _stock_at(form)
     assert schedule.max_epochs == 30
     assert [(s.shape.batch, s.shape.frames, s.end_epoch)
             for s in schedule.stages] == [(1, 32, 30)]
     for e in [i / 7 for i in range(30 * 7)]:
-        assert schedule.lr_factor(e) == pytest.approx(
-            ref.stock_lr_factor(e, stretched, 1e-3), rel=1e-9), e
+        assert plan.epoch_lr_factor(e) == pytest.approx(
+            stock(e / 1.5), rel=1e-9), e
 
 
 @pytest.mark.parametrize('form', ['slowfast', 'mvit'])
 @pytest.mark.parametrize('cycles,share', [(1, 0.2), (2, 0.2), (3, 0.1)])
 @pytest.mark.parametrize('scaling', ['linear', 'sqrt', 'none'])
 def test_long_cycle_rule(form, cycles, share, scaling):
-    schedule = _schedule(
+    plan = _plan(
         form,
         num_long_cycles=cycles,
         fine_tune_share=share,
         lr_scaling=scaling)
+    schedule = plan.schedule
     phases = ref.cosine_phases(20, cycles, share)
     want = ref.long_cycle(32, (224, 224), 20, phases, LONG, SHORT, True, 1.5)
     assert [(s.lr_stage, (s.shape.batch, s.shape.frames, s.shape.size),
              s.end_epoch) for s in schedule.stages] == want
-    schedulers = [dict(s, end=s.get('end', 20)) for s in FORMS[form]]
+    stock = _stock_at(form)
     for e in [i / 9 for i in range(want[-1][2] * 9)]:
-        assert schedule.lr_factor(e) == pytest.approx(
-            ref.cosine_lr_factor(e, want, schedulers, 1e-3, 20, phases,
-                                 scaling),
+        assert plan.epoch_lr_factor(e) == pytest.approx(
+            ref.cosine_lr_factor(e, want, stock, 20, phases, scaling),
             rel=1e-9), e
 
 
 def test_long_cycle_lr_ends_with_the_stock_schedule():
     """The fine-tuning runs the stock schedule's tail at the default shape:
     the last iteration's LR is the stock run's last LR."""
-    schedule = _schedule('mvit')
-    end = schedule.max_epochs
-    assert schedule.base_shape(end - 1).batch == 1
-    assert schedule.lr_factor(end - 1e-9) == pytest.approx(
-        ref.stock_lr_factor(20, FORMS['mvit'], 1e-3, smooth=True))
-    assert schedule.equivalent_stock_epoch(0) == 0
+    plan = _plan('mvit')
+    end = plan.schedule.max_epochs
+    assert plan.schedule.base_shape(end - 1).batch == 1
+    assert plan.epoch_lr_factor(end -
+                                1e-9) == pytest.approx(_stock_at('mvit')(20))
+    assert plan.schedule.equivalent_stock_epoch(0) == 0
 
 
 def _load(path, **multi_grid):
@@ -221,26 +180,16 @@ def _load(path, **multi_grid):
 def test_stock_cosine_configs_convert(path, T, E):
     cfg = _load(path)
     out = convert_config(cfg)
-    schedule = out.train_dataloader.batch_sampler.schedule
     assert out.param_scheduler == [dict(type='MultiGridLR')]
-    assert schedule['milestones'] == []
-    assert [t['type'] for t in schedule['lr_terms']
+    assert not build_plan(out).schedule.step_rule
+    assert out.multi_grid_stock.max_epochs == E
+    assert [s['type'] for s in out.multi_grid_stock.param_scheduler
             ] == [s['type'] for s in cfg.param_scheduler]
     want = ref.long_cycle(T, (224, 224), E, ref.cosine_phases(E, 2, 0.2), LONG,
                           SHORT, True, 1.5)
     assert out.train_cfg.max_epochs == want[-1][2] == round(1.5 * E)
     short = convert_config(_load(path, long_cycle=False))
     assert short.train_cfg.max_epochs == int(1.5 * E)
-
-
-def test_eta_min_becomes_a_ratio_of_the_base_lr():
-    cfg = _load(MVIT)
-    terms = convert_config(
-        cfg).train_dataloader.batch_sampler.schedule['lr_terms']
-    lr = cfg.optim_wrapper.optimizer.lr
-    assert terms[1]['eta_min_ratio'] == pytest.approx(1.6e-5 / lr)
-    assert terms[1]['T_max'] == 70 and terms[1]['per_iter']
-    assert terms[0]['end'] == 30
 
 
 @pytest.mark.parametrize('options,key', [
@@ -265,18 +214,13 @@ def test_lr_scaling_on_a_step_schedule():
     for e in [i / 3 for i in range(150 * 3)]:
         b = linear.base_shape(int(e)).batch
         assert none.lr_factor(e) == pytest.approx(linear.lr_factor(e) / b)
-    assert 'lr_scaling' not in linear.args and none.args['lr_scaling'] == (
-        'none')
 
 
-def test_step_schedule_args_unchanged():
-    """Step configs keep their schedule settings (and so resume from their
-    old checkpoints without a settings warning)."""
-    out = convert_config(_load(I3D))
-    assert not {
-        'lr_terms', 'num_long_cycles', 'fine_tune_share', 'lr_scaling',
-        'short_cycle_lr'
-    } & set(out.train_dataloader.batch_sampler.schedule)
+def test_step_schedules_follow_the_reference_rule():
+    """A step config keeps the reference step rule: no stock LR record."""
+    plan = build_plan(convert_config(_load(I3D)))
+    assert plan.schedule.step_rule and plan.stock_lr is None
+    assert plan.schedule.stock_milestones == [40, 80]
 
 
 @pytest.mark.parametrize('path,options,want', [
@@ -290,9 +234,8 @@ def test_short_cycle_lr_default(path, options, want):
     """Non-step schedules scale the short cycle's batches by default; step
     schedules keep the reference (one LR per epoch's base shape)."""
     out = convert_config(_load(path, **options))
-    sampler = out.train_dataloader.batch_sampler
-    schedule = MultiGridSchedule(batch_size=8, **sampler.schedule)
-    assert schedule.short_cycle_lr == want
+    assert build_plan(out).schedule.short_cycle_lr == want
+    assert out.multi_grid.short_cycle_lr == want
 
 
 @pytest.mark.parametrize('scaling', ['linear', 'sqrt', 'none'])
@@ -301,12 +244,16 @@ def test_scaled_short_cycle_batches(scaling, long_cycle):
     """With ``short_cycle_lr='scaled'`` batch ``i`` of an epoch trains at
     the epoch's LR times its size over the base shape's, by ``lr_scaling``;
     with 'constant' every batch trains at the epoch's LR."""
-    scaled = _schedule(
+    scaled = _plan(
         'slowfast',
         long_cycle=long_cycle,
         lr_scaling=scaling,
-        short_cycle_lr='scaled')
-    constant = _schedule('slowfast', long_cycle=long_cycle, lr_scaling=scaling)
+        short_cycle_lr='scaled').schedule
+    constant = _plan(
+        'slowfast',
+        long_cycle=long_cycle,
+        lr_scaling=scaling,
+        short_cycle_lr='constant').schedule
     seen = set()
     for epoch in range(scaled.max_epochs):
         sizes = [s.batch_size for s in scaled.batch_shapes(epoch)]

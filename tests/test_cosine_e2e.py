@@ -1,14 +1,17 @@
-"""End-to-end: stock MMAction2 cosine configs plus the two lines train
-through the unchanged ``tools/train.py`` on generated videos, and every
-iteration's input shape and LR, recorded from what the model receives,
-follow the documented non-step rule (docs/schedules.md) as transcribed
-independently in ``tests/reference.py``."""
+"""End-to-end: stock MMAction2 configs with non-step LR schedules plus the
+two lines train through the unchanged ``tools/train.py`` on generated
+videos, and every iteration's input shape and LR, recorded from what the
+model receives, follow the documented non-step rule (docs/schedules.md):
+the shapes as transcribed independently in ``tests/reference.py``, the
+stock LR from MMEngine's own schedulers (``tests/mmengine_lr.py``)."""
 import json
+import math
 import os.path as osp
 
 import pytest
 import reference as ref
 from conftest import toy_config, train_with_tools
+from mmengine_lr import stock_lrs
 
 LONG = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1, 1))
 SHORT = (0.5, 0.5**0.5)
@@ -27,14 +30,18 @@ def expected_run(n_train,
                  share=0.2,
                  scaling='linear'):
     """[(epoch, iter, backbone input shape, lr)] per the documented rule."""
-    schedulers = [dict(s, end=s.get('end', E)) for s in schedulers]
+    ipe = n_train // B  # the stock run's iterations per epoch
+    lrs = stock_lrs(schedulers, E, ipe, base_lr)
+
+    def stock_at(epoch):
+        return lrs[min(math.floor(epoch * ipe + 1e-9), len(lrs) - 1)]
+
     phases = ref.cosine_phases(E, cycles, share)
     if long_cycle:
         sched = ref.long_cycle(T, (S, S), E, phases, LONG, SHORT, short_cycle,
                                1.5)
     else:
         sched = ref.short_only(T, (S, S), E, [], 1.5)
-        stretched = ref.stretched(schedulers, 1.5)
     rows = []
     for epoch in range(sched[-1][2]):
         _, base = ref.base_at(sched, epoch)
@@ -44,10 +51,10 @@ def expected_run(n_train,
             size, (h, w) = cycle[i % len(cycle)]
             e = epoch + i / n
             if long_cycle:
-                factor = ref.cosine_lr_factor(e, sched, schedulers, base_lr, E,
-                                              phases, scaling)
+                factor = ref.cosine_lr_factor(e, sched, stock_at, E, phases,
+                                              scaling)
             else:
-                factor = ref.stock_lr_factor(e, stretched, base_lr)
+                factor = stock_at(e / 1.5)
             # short_cycle_lr='scaled', the default for non-step schedules
             factor *= ref.short_cycle_lr_factor([c[0] for c in cycle], i,
                                                 scaling)
@@ -104,6 +111,11 @@ SWIN = [
         end=E)
 ]
 R2PLUS1D = [dict(type='CosineAnnealingLR', T_max=E, eta_min=0, by_epoch=True)]
+# The schedule of the issue that found the closed forms off by one step.
+EXP_POLY = [
+    dict(type='ExponentialLR', gamma=0.8, begin=0, end=2),
+    dict(type='PolyLR', power=0.9, begin=2, end=E)
+]
 
 
 def test_slowfast_cosine_long_and_short_cycles(videos, tmp_path):
@@ -165,3 +177,19 @@ def test_swin_adamw_fractional_warmup_sqrt_scaling(videos, tmp_path):
         16, 16, 32, 1, SWIN, 0.001, short_cycle=False, scaling='sqrt')
     base = assert_follows(recorded(work), want)
     assert base == pytest.approx(0.1)  # the backbone's lr_mult
+
+
+def test_i3d_exponential_then_poly_short_cycle_only(videos, tmp_path):
+    """Short cycles only: every iteration trains at the LR MMEngine's
+    ExponentialLR and PolyLR give the stock run at the equivalent stock
+    iteration, times the short-cycle batch factor."""
+    cfg = toy_config(
+        'i3d/i3d_imagenet-pretrained-r50_8xb8-32x2x1-100e_kinetics400-rgb.py',
+        videos,
+        clip_len=32,
+        max_epochs=E,
+        multi_grid=dict(long_cycle=False))
+    cfg.param_scheduler = EXP_POLY
+    work = train_with_tools(cfg, tmp_path)
+    want = expected_run(16, 32, 32, 1, EXP_POLY, 0.001, long_cycle=False)
+    assert assert_follows(recorded(work), want) == pytest.approx(1)

@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import schedule_plan
 from mmaction.datasets import VideoDataset
 from mmaction.registry import DATASETS
 from mmengine.dataset import DefaultSampler, pseudo_collate
@@ -311,7 +312,7 @@ def test_dataloader_two_epochs_persistent_workers(data):
             dataset=copy.deepcopy(data['video'])))
     sampler = DefaultSampler(ds, shuffle=True, seed=0)
     batch_sampler = ShortCycleBatchSampler(
-        sampler, batch_size=1, drop_last=True, schedule=SCHEDULE)
+        sampler, batch_size=1, drop_last=True, plan=schedule_plan(**SCHEDULE))
     loader = torch.utils.data.DataLoader(
         ds,
         batch_sampler=batch_sampler,

@@ -25,10 +25,11 @@ WORLD = 2
 # videos (8 per rank) give 1 + 3 + 3 iterations over three epochs, each a
 # full short cycle. bn_base_size=1 normalises every clip on its own, so one
 # process with the doubled batch computes exactly what the two ranks do.
+# Precise BN after every epoch: every checkpoint holds recomputed statistics.
 MULTI_GRID = dict(
     long_cycle_factors=((0.5, 1), (1, 1)),
     bn_base_size=1,
-    precise_bn=dict(num_iters=2))
+    precise_bn=dict(num_iters=2, interval=1))
 
 
 def config(videos, work_dir, batch_size, distributed):

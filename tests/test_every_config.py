@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401  (registers the package)
 from mmaction_multigrid.engine.multigrid_hook import schedule_table
-from mmaction_multigrid.tools.cli import config_schedule
+from mmaction_multigrid.tools.cli import config_plan
 
 PATHS = sorted(
     osp.relpath(p, STOCK)
@@ -59,16 +59,17 @@ def test_every_config_converts_or_is_refused(path, no_network):
     reasons = [message for match, message in REFUSED if match(cfg)]
     if reasons:
         with pytest.raises(ValueError, match=reasons[0]):
-            config_schedule(cfg)
+            config_plan(cfg)
         return
-    schedule = config_schedule(cfg)
+    plan = config_plan(cfg)
+    schedule = plan.schedule
     epochs = cfg.train_cfg.max_epochs
     assert abs(schedule.max_epochs - 1.5 * epochs) <= 1
     assert 1 / schedule.compute_ratio() > 2.5
-    table = schedule_table(schedule, cfg.optim_wrapper.optimizer.lr)
+    table = schedule_table(plan, cfg.optim_wrapper.optimizer.lr)
     assert len(table.splitlines()) == len(schedule.stages) + 1
     for epoch in range(schedule.max_epochs):
-        factor = schedule.lr_factor(epoch + 0.5)
+        factor = plan.epoch_lr_factor(epoch + 0.5)
         assert math.isfinite(factor) and factor >= 0
     assert schedule.base_shape(schedule.max_epochs - 1).frames == (
         schedule.clip_len)

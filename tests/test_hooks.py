@@ -48,11 +48,12 @@ def test_one_schedule_for_sampler_loop_and_lr(videos, tmp_path):
     (scheduler, ) = runner.param_schedulers
     assert isinstance(runner.train_loop, MultiGridTrainLoop)
     assert isinstance(scheduler, MultiGridLR)
-    assert scheduler.schedule is runner.train_loop.schedule is sampler.schedule
-    # The converted config names the schedule's arguments once.
+    assert scheduler.plan is runner.train_loop.plan is runner.plan
+    assert sampler.schedule is runner.plan.schedule
+    # The converted config keeps the stock schedule once.
     assert runner.cfg.param_scheduler == [dict(type='MultiGridLR')]
-    assert runner.cfg.train_dataloader.batch_sampler.schedule['max_epochs'] \
-        == 4
+    assert runner.cfg.multi_grid_stock.max_epochs == 4
+    assert 'schedule' not in runner.cfg.train_dataloader.batch_sampler
 
 
 def test_loop_owns_epoch_lengths_and_max_iters(videos, tmp_path):
@@ -109,29 +110,42 @@ PRECISE_CASES = [
         None,
         dict(val_interval=2),
         dict(interval=100, save_last=False), {2, 4, 6},
+        None,
         id='every-validation'),
     pytest.param(
         None,
         None,
-        dict(interval=4, save_last=True), {4, 6},
-        id='every-checkpoint'),
+        dict(interval=4, save_last=True), {6},
+        'the first after epoch 4, would hold BN statistics',
+        id='checkpoint-without-validation-warns'),
+    pytest.param(
+        2,
+        None,
+        dict(interval=4, save_last=True), {2, 4, 6},
+        None,
+        id='interval-covers-checkpoints'),
     pytest.param(
         2,
         dict(val_interval=3, val_begin=4, dynamic_intervals=[(4, 1)]),
         dict(interval=100, save_last=False), {2, 4, 5, 6},
+        None,
         id='interval-and-dynamic-validation'),
     pytest.param(
         None,
         None,
         dict(interval=2, by_epoch=False, save_last=False), {6},
+        'checkpoints saved by iteration',
         id='iteration-checkpoints'),
 ]
 
 
-@pytest.mark.parametrize('interval,val,ckpt,epochs', PRECISE_CASES)
+@pytest.mark.parametrize('interval,val,ckpt,epochs,warning', PRECISE_CASES)
 def test_precise_bn_before_validation_and_checkpoint(videos, tmp_path,
                                                      interval, val, ckpt,
-                                                     epochs):
+                                                     epochs, warning):
+    """Precise BN runs after every ``interval``-th epoch, before each
+    validation and after the last epoch; checkpoints saved in between are
+    named in one warning."""
     options = {f'default_hooks.checkpoint.{k}': v for k, v in ckpt.items()}
     if val is None:
         options.update(val_dataloader=None, val_cfg=None, val_evaluator=None)
@@ -147,6 +161,11 @@ def test_precise_bn_before_validation_and_checkpoint(videos, tmp_path,
         for e in re.findall(r'Precise BN after epoch (\d+):', _log(runner))
     }
     assert ran == epochs
+    warned = 'Multigrid: ' in _log(runner) and 'precise BN' in _log(runner)
+    if warning is None:
+        assert 'would hold BN statistics' not in _log(runner)
+    else:
+        assert warning in _log(runner) and warned
 
 
 @HOOKS.register_module(force=True)
@@ -212,3 +231,21 @@ def test_video_without_prepared_copy_is_one_warning_with_the_command(
     assert '--measure' in warnings[0]
     runner = _before_train(_runner(rawframes, tmp_path / 'frames'))
     assert 'decodes video files' not in _log(runner)
+
+
+def test_bn_grouping_splits_per_stage(videos, tmp_path):
+    """``bn_grouping='splits'``: each epoch's sub-batch BN layers split
+    every batch into ``floor(base shape's clips / bn_base_size)`` groups
+    (PySlowFast's NUM_SPLITS), logged with the epoch."""
+    runner = _runner(videos, tmp_path, dict(bn_grouping='splits'))
+    runner.train()
+    epochs = re.findall(
+        r'Multigrid epoch (\d+):.*clips/GPU \[([\d, ]+)\].*'
+        r', (\d+) BN group\(s\) per batch', _log(runner))
+    assert [int(e) for e, _, _ in epochs] == list(range(runner.max_epochs))
+    for _, sizes, groups in epochs:
+        base = int(sizes.split(',')[-1])  # the base shape's batch, last
+        assert int(groups) == base // 1  # bn_base_size: the stock batch, 1
+    layers = [m for m in runner.model.modules() if hasattr(m, 'splits')]
+    assert layers and {m.splits for m in layers} == {int(epochs[-1][2])}
+    assert {int(g) for _, _, g in epochs} != {1}  # groups vary by stage

@@ -7,7 +7,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_schedule, main
+from mmaction_multigrid.tools.cli import DEMO_CONFIG, config_plan, main
 from mmaction_multigrid.tools.synthetic import dataset_cfg
 
 WORKERS = 2
@@ -55,7 +55,7 @@ def test_measure_predicts_the_sum_of_its_shapes(config, tmp_path, capsys):
     }
     assert shapes[0][0] == 'stock ' and (1, 8, 1, 32, 32) in timing
     samples = 16  # the videos fixture: 4 classes x 4
-    schedule = config_schedule(Config.fromfile(config))
+    schedule = config_plan(Config.fromfile(config)).schedule
     epochs = schedule.stock_max_epochs
 
     def iteration(key):

@@ -16,7 +16,7 @@ from conftest import TESTS, TOOLS
 from mmengine.config import Config
 from test_cosine_e2e import expected_run, recorded
 
-from mmaction_multigrid import MultiGridRunner, convert_config
+from mmaction_multigrid import MultiGridRunner, build_plan, convert_config
 
 RUNTIME = '''
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
@@ -204,10 +204,10 @@ def test_class_typed_config_converts(videos, tmp_path):
     transforms, runner_type."""
     cfg = Config.fromfile(str(_write(tmp_path, videos, SWITCH)))
     out = convert_config(cfg)
-    schedule = out.train_dataloader.batch_sampler.schedule
-    assert [t['type'] for t in schedule['lr_terms']
+    assert [s['type'] for s in out.multi_grid_stock.param_scheduler
             ] == ['LinearLR', 'CosineAnnealingLR']
-    assert (schedule['clip_len'], schedule['size']) == (8, [32, 32])
+    schedule = build_plan(out).schedule
+    assert (schedule.clip_len, schedule.size) == (8, (32, 32))
     assert out.train_dataloader.dataset.type == 'MultiGridDataset'
     # The config's own runner_type (the class) is kept.
     assert out.runner_type is MultiGridRunner

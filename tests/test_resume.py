@@ -173,8 +173,13 @@ def test_checkpoint_keeps_multigrid_state(uninterrupted):
     _, straight = uninterrupted
     ckpt = torch.load(straight / 'epoch_4.pth', map_location='cpu')
     state = ckpt['multi_grid']
-    assert state['schedule']['milestones'] == [2, 3]
-    assert state['schedule']['batch_size'] == 1
+    (steps, ) = [
+        s for s in state['schedule']['stock.param_scheduler']
+        if s['type'] == 'MultiStepLR'
+    ]
+    assert steps['milestones'] == [2, 3]
+    assert state['schedule']['stock.batch_size'] == 1
+    assert state['schedule']['epoch_factor'] == 1.5
     assert len(state['ranks']) == 1
     assert set(state['ranks'][0]['rng']) == {'python', 'numpy', 'torch'}
     assert ckpt['param_schedulers'][0]['type'] == 'MultiGridLR'

@@ -1,6 +1,8 @@
 """A user's Runner subclass, named in ``runner_type`` or called directly,
 trains multigrid and keeps its own methods; a runner that cannot be combined
 with multigrid is refused."""
+import inspect
+
 import pytest
 from conftest import scheduled, small_config
 from mmengine.registry import RUNNERS
@@ -8,8 +10,8 @@ from mmengine.runner import Runner
 from probes import read_samples
 
 import mmaction_multigrid  # noqa: F401  (installs the switch)
-from mmaction_multigrid import MultiGridRunner
-from mmaction_multigrid.engine.runner import multigrid_runner_class
+from mmaction_multigrid import MultiGridRunner, MultiGridSchedule
+from mmaction_multigrid.engine.switch import multigrid_runner_class
 
 
 @RUNNERS.register_module(force=True)
@@ -53,3 +55,25 @@ def test_flexible_runner_refused(videos, tmp_path):
     cfg.runner_type = 'FlexibleRunner'
     with pytest.raises(ValueError, match='runner_type=FlexibleRunner'):
         RUNNERS.build(cfg)
+
+
+def test_one_schedule_construction_site(videos, tmp_path, monkeypatch):
+    """A whole run builds its schedule in ``build_plan`` only: once for the
+    conversion, once for the Runner's plan; the sampler, loop, LR and hooks
+    share that plan."""
+    callers = []
+    init = MultiGridSchedule.__init__
+
+    def counted(self, *args, **kwargs):
+        callers.append(inspect.stack()[1].function)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiGridSchedule, '__init__', counted)
+    runner = Runner.from_cfg(small_config(videos, tmp_path))
+    runner.train()
+    assert callers == ['build_plan', 'build_plan']
+    loop, plan = runner.train_loop, runner.plan
+    assert loop.plan is plan and plan.epoch_lengths
+    assert loop.dataloader.batch_sampler.schedule is plan.schedule
+    lr = [s for s in runner.param_schedulers if hasattr(s, 'plan')]
+    assert len(lr) == 1 and lr[0].plan is plan

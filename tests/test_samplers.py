@@ -3,6 +3,7 @@ import math
 
 import mmengine.dataset.sampler as sampler_module
 import pytest
+from conftest import schedule_plan
 from mmengine.dataset import DefaultSampler
 
 import mmaction_multigrid  # noqa: F401
@@ -42,7 +43,7 @@ def _batch_sampler(n, drop_last=True, seed=0, **schedule):
         sampler,
         batch_size=B,
         drop_last=drop_last,
-        schedule=dict(SCHEDULE, **schedule))
+        plan=schedule_plan(B, **dict(SCHEDULE, **schedule)))
 
 
 def _check_batches(batches, cycle):
@@ -192,7 +193,8 @@ def test_sample_seeds(monkeypatch):
 def test_no_sampler_seed_no_sample_seed():
     """A sampler without a seed (a plain torch sampler): samples draw from
     the loading process's streams, as without the plugin."""
-    bs = ShortCycleBatchSampler(range(100), batch_size=B, schedule=SCHEDULE)
+    bs = ShortCycleBatchSampler(
+        range(100), batch_size=B, plan=schedule_plan(B, **SCHEDULE))
     assert {i.seed for b in bs for i in b} == {None}
 
 

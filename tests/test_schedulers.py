@@ -1,15 +1,13 @@
 """Tests of MultiGridLR on a real optimizer, stepped iteration by
 iteration as MMEngine's ParamSchedulerHook does."""
 import copy
-import functools
 
 import pytest
 import torch
+from conftest import schedule_plan
 from mmengine.optim import OptimWrapper
 
-import mmaction_multigrid  # noqa: F401
-from mmaction_multigrid.engine.lr import (MultiGridLR, epoch_position,
-                                          fractional_epoch)
+from mmaction_multigrid import MultiGridLR
 
 BASE_LR = 0.1
 I3D = dict(
@@ -57,7 +55,8 @@ def _ref_factor(points, rel, epoch, warmup=0, start=0.1):
                                                    (8, [3, 5, 2], 2.0),
                                                    (9, [3, 5, 2], 2.5)])
 def test_fractional_epoch(step, lengths, expected):
-    assert fractional_epoch(step, lengths) == pytest.approx(expected)
+    assert _plan(I3D,
+                 lengths).fractional_epoch(step) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize('lengths', [[4, 2], [3, 5, 2], [1, 1, 1]])
@@ -66,7 +65,8 @@ def test_epoch_position(lengths):
     end, to (epochs, 0)."""
     steps = [(e, i) for e, n in enumerate(lengths) for i in range(n)]
     steps += [(len(lengths), 0)] * 3
-    assert [epoch_position(k, lengths) for k in range(len(steps))] == steps
+    plan = _plan(I3D, lengths)
+    assert [plan.position(k) for k in range(len(steps))] == steps
 
 
 def _optim():
@@ -79,8 +79,10 @@ def _lengths(num_epochs):
     return [2 + (e % 3) for e in range(num_epochs)]  # 2, 3, 4 iterations
 
 
-def _epochs(lengths):
-    return functools.partial(fractional_epoch, epoch_lengths=lengths)
+def _plan(schedule, lengths):
+    """A step-rule plan of ``schedule`` (MultiGridSchedule arguments) whose
+    epochs have ``lengths`` iterations."""
+    return schedule_plan(epoch_lengths=lengths, **schedule)
 
 
 def _run(sched, optim, num_steps):
@@ -100,10 +102,7 @@ def test_lr_every_iteration(schedule, points, rel, warmup):
     max_epochs = 150 if schedule is I3D else 384
     lengths = _lengths(max_epochs)
     optim = _optim()
-    sched = MultiGridLR(
-        optim,
-        schedule=copy.deepcopy(schedule),
-        epoch_of_step=_epochs(lengths))
+    sched = MultiGridLR(optim, plan=_plan(schedule, lengths))
     lrs = _run(sched, optim, sum(lengths))
     k = 0
     for epoch, n in enumerate(lengths):
@@ -117,10 +116,7 @@ def test_lr_every_iteration(schedule, points, rel, warmup):
 def test_warmup_is_per_iteration_and_steps_at_epoch_boundaries():
     lengths = _lengths(384)
     optim = _optim()
-    sched = MultiGridLR(
-        optim,
-        schedule=copy.deepcopy(SLOWFAST),
-        epoch_of_step=_epochs(lengths))
+    sched = MultiGridLR(optim, plan=_plan(SLOWFAST, lengths))
     lrs = _run(sched, optim, sum(lengths))
     starts = [sum(lengths[:e]) for e in range(len(lengths))]
     # Start of warm-up: start_factor * base; inside epoch 0 it grows.
@@ -144,31 +140,22 @@ def test_state_dict_and_resume():
     early = 7  # inside the warm-up
 
     ref_optim = _optim()
-    ref = MultiGridLR(
-        ref_optim,
-        schedule=copy.deepcopy(SLOWFAST),
-        epoch_of_step=_epochs(lengths))
+    ref = MultiGridLR(ref_optim, plan=_plan(SLOWFAST, lengths))
     ref_lrs = _run(ref, ref_optim, total)
 
     for stop in (early, half):
         optim = _optim()
-        sched = MultiGridLR(
-            optim,
-            schedule=copy.deepcopy(SLOWFAST),
-            epoch_of_step=_epochs(lengths))
+        sched = MultiGridLR(optim, plan=_plan(SLOWFAST, lengths))
         first = _run(sched, optim, stop)
         state = sched.state_dict()
-        assert 'schedule' not in state and 'epoch_of_step' not in state
+        assert 'plan' not in state and state['type'] == 'MultiGridLR'
         optim_state = copy.deepcopy(optim.state_dict())
         state = copy.deepcopy(state)
 
         # Resume in the Runner's order: build optimizer and scheduler, then
         # load the optimizer state and the scheduler state.
         new_optim = _optim()
-        new = MultiGridLR(
-            new_optim,
-            schedule=copy.deepcopy(SLOWFAST),
-            epoch_of_step=_epochs(lengths))
+        new = MultiGridLR(new_optim, plan=_plan(SLOWFAST, lengths))
         new_optim.load_state_dict(optim_state)
         new.load_state_dict(state)
         rest = _run(new, new_optim, total - stop)
@@ -176,29 +163,18 @@ def test_state_dict_and_resume():
 
 
 def test_needs_begin_zero_and_iteration_based():
-    epochs = _epochs([1] * 150)
+    plan = _plan(I3D, [1] * 150)
     with pytest.raises(ValueError):
-        MultiGridLR(
-            _optim(),
-            schedule=copy.deepcopy(I3D),
-            begin=5,
-            epoch_of_step=epochs)
+        MultiGridLR(_optim(), plan=plan, begin=5)
     with pytest.raises(ValueError):
-        MultiGridLR(
-            _optim(),
-            schedule=copy.deepcopy(I3D),
-            by_epoch=True,
-            epoch_of_step=epochs)
+        MultiGridLR(_optim(), plan=plan, by_epoch=True)
 
 
-def test_needs_the_epoch_mapping():
-    with pytest.raises(ValueError, match='epoch_of_step'):
-        MultiGridLR(_optim(), schedule=copy.deepcopy(I3D))
-    with pytest.raises(ValueError, match='position_of_step'):
-        MultiGridLR(
-            _optim(),
-            schedule=dict(I3D, short_cycle_lr='scaled'),
-            epoch_of_step=_epochs([1] * 150))
+def test_needs_a_plan_with_epoch_lengths():
+    with pytest.raises(ValueError, match='plan'):
+        MultiGridLR(_optim())
+    with pytest.raises(ValueError, match='epoch lengths'):
+        MultiGridLR(_optim(), plan=_plan(I3D, []))
 
 
 def test_scaled_short_cycle_lr_every_iteration():
@@ -207,13 +183,9 @@ def test_scaled_short_cycle_lr_every_iteration():
     lengths = _lengths(150)
     optim = _optim()
     sched = MultiGridLR(
-        optim,
-        schedule=dict(I3D, short_cycle_lr='scaled'),
-        epoch_of_step=_epochs(lengths),
-        position_of_step=functools.partial(
-            epoch_position, epoch_lengths=lengths))
+        optim, plan=_plan(dict(I3D, short_cycle_lr='scaled'), lengths))
     lrs = _run(sched, optim, sum(lengths))
-    schedule = sched.schedule
+    schedule = sched.plan.schedule
     k = 0
     for epoch, n in enumerate(lengths):
         sizes = [s.batch_size for s in schedule.batch_shapes(epoch)]

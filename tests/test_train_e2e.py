@@ -232,6 +232,5 @@ def test_explicit_runner_type_and_pure_conversion(videos, tmp_path):
     assert runner.cfg.train_dataloader.dataset.type == 'MultiGridDataset'
     converted = convert_config(cfg)
     assert converted.param_scheduler == [dict(type='MultiGridLR')]
-    assert converted.train_dataloader.batch_sampler.schedule[
-        'max_epochs'] == cfg.train_cfg.max_epochs
+    assert converted.multi_grid_stock.max_epochs == cfg.train_cfg.max_epochs
     assert cfg.train_dataloader.dataset.type == 'VideoDataset'

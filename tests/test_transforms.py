@@ -9,13 +9,14 @@ from mmaction.registry import TRANSFORMS
 from mmengine.dataset import Compose
 from mmengine.registry import init_default_scope
 
+from mmaction_multigrid import MultiGridOptions
 from mmaction_multigrid.datasets.pipeline import (random_interval,
                                                   reduced_decode)
 from mmaction_multigrid.datasets.transforms import (RandomIntervalSampleFrames,
                                                     jpeg_size,
                                                     reduction_factor)
 from mmaction_multigrid.datasets.wrapper import MultiGridDataset, ShapedIndex
-from mmaction_multigrid.engine.convert import convert_config, validate_options
+from mmaction_multigrid.engine.convert import convert_config
 from mmaction_multigrid.tools.synthetic import dataset_cfg
 
 init_default_scope('mmaction')
@@ -196,7 +197,7 @@ def test_reduced_decode_keeps_full_size_when_the_resize_barely_shrinks(
                                         ('prepared_copy', 3)])
 def test_data_path_options_are_validated(key, value):
     with pytest.raises(ValueError, match=f'multi_grid.{key}'):
-        validate_options({key: value})
+        MultiGridOptions.from_dict({key: value})
 
 
 def test_data_path_options_reach_the_dataset(videos):

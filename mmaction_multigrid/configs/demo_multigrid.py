@@ -11,9 +11,11 @@ custom_imports = dict(
 # sub-batch BN groups of 4 clips (the default) see 16 values per channel
 # and lose accuracy (docs/benchmarks.md, "Variants").
 # precise_bn: BN statistics recomputed at the default shape over 10 batches
-# before each validation and checkpoint, as the reference does (with 200):
-# otherwise evaluation uses running statistics of the last iterations'
-# cycling crops (docs/benchmarks.md, "Precise BN").
+# after each epoch the train loop validates after and after the last epoch,
+# as the reference does before validating (with 200): otherwise evaluation
+# uses running statistics of the last iterations' cycling crops
+# (docs/benchmarks.md, "Precise BN"). Checkpoints do not set when it runs
+# (docs/method.md, "Batch normalisation").
 multi_grid = dict(
     long_cycle=True,
     short_cycle=True,

@@ -5,7 +5,7 @@ from typing import Callable, Iterator, List, Optional
 from mmaction.registry import DATA_SAMPLERS
 from torch.utils.data import BatchSampler, Sampler
 
-from ..schedule.cycles import MultiGridSchedule
+from ..schedule.plan import MultiGridPlan
 from .rng import sample_seed
 from .wrapper import ShapedIndex
 
@@ -45,9 +45,8 @@ class ShortCycleBatchSampler(BatchSampler):
         batch_size (int): The stock per-GPU batch size.
         drop_last (bool): Whether to drop the incomplete last batch.
             Defaults to True.
-        schedule (dict): Arguments of
-            :class:`~mmaction_multigrid.schedule.cycles.MultiGridSchedule`
-            except ``batch_size``.
+        plan (MultiGridPlan): The run's plan (``MultiGridRunner`` passes
+            it); its schedule gives the shapes.
         chunk_size (int, optional): Indices per yielded chunk; None yields
             whole batches. Defaults to None.
     """
@@ -56,15 +55,22 @@ class ShortCycleBatchSampler(BatchSampler):
                  sampler: Sampler,
                  batch_size: int,
                  drop_last: bool = True,
-                 schedule: dict = None,
+                 plan: Optional[MultiGridPlan] = None,
                  chunk_size: Optional[int] = None) -> None:
-        if schedule is None:
-            raise ValueError('ShortCycleBatchSampler needs `schedule`; it is '
-                             'written by the multigrid config conversion.')
+        if plan is None:
+            raise ValueError('ShortCycleBatchSampler needs `plan`; '
+                             'MultiGridRunner passes it when it builds the '
+                             'train dataloader of a config with '
+                             '`multi_grid`.')
+        if batch_size != plan.schedule.batch_size:
+            raise ValueError(
+                f'ShortCycleBatchSampler: batch_size={batch_size} but the '
+                f'plan was made for batches of {plan.schedule.batch_size}.')
         self.sampler = sampler
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self.schedule = MultiGridSchedule(batch_size=batch_size, **schedule)
+        self.plan = plan
+        self.schedule = plan.schedule
         self.chunk_size = chunk_size
         self.epoch = 0
         self.end_epoch: Optional[int] = None

@@ -1,8 +1,8 @@
 """MultiGridTrainLoop: the epoch loop of a multigrid run.
 
 Multigrid epochs differ in length (the batch size follows the long-cycle
-shape), so the loop owns the epoch lengths, ``max_iters`` and the mapping
-from a global iteration to a fractional epoch that the LR schedule reads.
+shape): the loop completes the run's plan with the sample count, which gives
+the epoch lengths, and runs epochs of those lengths.
 
 It also keeps one loader iterator across epochs when the workers persist:
 multigrid epochs can be a few iterations long (the first long-cycle stage
@@ -10,28 +10,23 @@ loads up to 16x the stock clips per iteration), and restarting the iterator
 every epoch drops the prefetched batches, so the model waits while one
 worker builds the epoch's whole first batch.
 """
-from typing import List, Tuple
+from typing import List
 
 from mmengine.runner import EpochBasedTrainLoop
 
 from ..datasets.collate import join_batches
 from ..datasets.rng import preserved_rng
-from ..datasets.sampler import ShortCycleBatchSampler
-from ..schedule.cycles import MultiGridSchedule
-from .lr import MultiGridLR, epoch_position, fractional_epoch
+from ..schedule.plan import MultiGridPlan
 
 
 class MultiGridTrainLoop(EpochBasedTrainLoop):
     """``EpochBasedTrainLoop`` for a multigrid schedule.
 
-    - Epoch ``e`` has ``schedule.num_batches(e, ...)`` iterations; the
-      sampler is told the epoch before it is iterated. ``max_iters`` is the
-      sum of the epoch lengths (plus the offset of a resumed run, whose
-      checkpoint may come from another number of GPUs or from a stock run).
-    - :meth:`fractional_epoch` maps a global iteration to
-      ``epoch + iter / iters_in_epoch`` and :meth:`epoch_position` to
-      ``(epoch, iter)``; ``MultiGridRunner`` hands both to
-      :class:`~mmaction_multigrid.engine.lr.MultiGridLR` when building it.
+    - Epoch ``e`` has ``plan.epoch_lengths[e]`` iterations; the sampler is
+      told the epoch before it is iterated.
+      ``max_iters`` is the sum of the epoch lengths (plus the offset of a
+      resumed run, whose checkpoint may come from another number of GPUs or
+      from a stock run).
     - Creating a loader iterator leaves the training random stream alone,
       so dropout draws the same numbers with 0 or N workers.
     - With worker processes and ``persistent_workers=True`` a single loader
@@ -42,28 +37,25 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
       current one ends and while validation runs.
 
     ``MultiGridRunner`` builds it in place of ``EpochBasedTrainLoop`` (the
-    config keeps ``EpochBasedTrainLoop``). Arguments are those of
-    ``EpochBasedTrainLoop``; the train dataloader must use a
+    config keeps ``EpochBasedTrainLoop``), with a train dataloader whose
+    batch sampler is a
     :class:`~mmaction_multigrid.datasets.sampler.ShortCycleBatchSampler`.
+
+    Args:
+        *args: Those of ``EpochBasedTrainLoop``.
+        plan (MultiGridPlan): The run's plan, with epoch lengths.
+        **kwargs: Those of ``EpochBasedTrainLoop``.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, plan: MultiGridPlan, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        sampler = self.dataloader.batch_sampler
-        if not isinstance(sampler, ShortCycleBatchSampler):
-            raise TypeError(
-                'MultiGridTrainLoop needs train_dataloader.batch_sampler='
-                'ShortCycleBatchSampler; a config with `multi_grid` gets it '
-                'from the conversion (mmaction_multigrid.convert_config).')
-        self.schedule: MultiGridSchedule = sampler.schedule
-        if self._max_epochs != self.schedule.max_epochs:
+        self.plan = plan
+        if self._max_epochs != self.plan.schedule.max_epochs:
             raise ValueError(
                 f'train_cfg.max_epochs={self._max_epochs} but the multigrid '
-                f'schedule has {self.schedule.max_epochs} epochs; let the '
-                'conversion set max_epochs.')
-        self.epoch_lengths: List[int] = [
-            sampler.num_batches(e) for e in range(self._max_epochs)
-        ]
+                f'schedule has {self.plan.schedule.max_epochs} epochs; let '
+                'the conversion set max_epochs.')
+        self.epoch_lengths: List[int] = list(self.plan.epoch_lengths)
         self._check_epochs()
         self._offset = None
         self._batches = None
@@ -73,7 +65,8 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
         empty = [e for e, n in enumerate(self.epoch_lengths) if n == 0]
         if empty:
             biggest = max(
-                s.batch_size for s in self.schedule.batch_shapes(empty[0]))
+                s.batch_size
+                for s in self.plan.schedule.batch_shapes(empty[0]))
             raise ValueError(
                 f'multi_grid: epoch {empty[0]} has no full batch: '
                 f'{len(self.dataloader.batch_sampler.sampler)} samples per '
@@ -100,40 +93,10 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
         """Total iterations of the run: the epoch lengths summed."""
         return self.iter_offset + sum(self.epoch_lengths)
 
-    def fractional_epoch(self, step: int) -> float:
-        """Fractional epoch ``epoch + iter / iters_in_epoch`` of ``step``.
-
-        Args:
-            step: Global iteration (``runner.iter``).
-
-        Returns:
-            float: The fractional epoch.
-        """
-        return fractional_epoch(step - self.iter_offset, self.epoch_lengths)
-
-    def epoch_position(self, step: int) -> Tuple[int, int]:
-        """Epoch of ``step`` and the step's iteration within it.
-
-        Args:
-            step: Global iteration (``runner.iter``).
-
-        Returns:
-            tuple[int, int]: ``(epoch, iter)``.
-        """
-        return epoch_position(step - self.iter_offset, self.epoch_lengths)
-
     def run(self):
-        """Train; resumed runs continue the LR at the resumed iteration."""
+        """Train; fixes :attr:`iter_offset` for the run."""
         self._offset = self.iter_offset
-        for scheduler in self._multigrid_schedulers():
-            scheduler.start_at(self._iter)
         return super().run()
-
-    def _multigrid_schedulers(self) -> List[MultiGridLR]:
-        schedulers = self.runner.param_schedulers or []
-        if isinstance(schedulers, dict):
-            schedulers = [s for group in schedulers.values() for s in group]
-        return [s for s in schedulers if isinstance(s, MultiGridLR)]
 
     def _prefetches_across_epochs(self) -> bool:
         loader = self.dataloader

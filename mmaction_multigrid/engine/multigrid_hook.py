@@ -6,17 +6,19 @@ from mmaction.registry import HOOKS
 from mmengine.hooks import Hook
 
 from ..models.model_check import check_input_shapes
-from ..schedule.cycles import MultiGridSchedule
+from ..models.sub_batch_bn import set_splits
+from ..schedule.plan import MultiGridPlan
 
 
-def schedule_table(schedule: MultiGridSchedule,
+def schedule_table(plan: MultiGridPlan,
                    base_lr: Optional[float] = None) -> str:
-    """The schedule as a text table, one line per long-cycle stage."""
+    """The plan as a text table, one line per long-cycle stage, with each
+    stage's LR (relative to the stock LR when ``base_lr`` is None)."""
     lines = [
         'stage  epochs     frames  interval  crop (HxW)                  '
         'clips/GPU      lr'
     ]
-    for row in schedule.describe(base_lr):
+    for row in plan.describe(base_lr):
         sizes = ' '.join(f'{h}x{w}' for h, w in row['sizes'])
         batch = '/'.join(str(b) for b in row['batch'])
         lines.append(f'{row["stage"]:>5}  {row["begin"]:>3}-{row["end"]:<5}'
@@ -50,20 +52,23 @@ class MultiGridHook(Hook):
       then the schedule table, and a warning with the ``prepare`` command
       when the train set decodes video at every shape (:func:`video_advice`).
     - ``before_train_epoch``: the epoch's stage, frames, crops, clips per GPU
-      and iterations.
+      and iterations; with ``multi_grid.bn_grouping='splits'``, the number
+      of BN groups of the stage (``floor(base shape's clips per GPU /
+      bn_base_size)``, PySlowFast's ``BN.NUM_SPLITS``) is set on the
+      sub-batch BN layers.
     - ``before_train_iter``: the clips, frames and crop size of the batch
       the model receives (``train/clips``, ``train/frames``,
       ``train/crop_h``, ``train/crop_w`` in every log line).
 
-    The schedule is the train loop's
-    (:class:`~mmaction_multigrid.engine.loop.MultiGridTrainLoop`).
+    Everything comes from the run's plan, ``runner.plan``
+    (:class:`~mmaction_multigrid.engine.runner.MultiGridRunner`).
     """
 
     priority = 'NORMAL'
 
     def before_train(self, runner) -> None:
-        loop = runner.train_loop
-        schedule = loop.schedule
+        plan = runner.plan
+        schedule = plan.schedule
         shapes = {(s.clip_len, s.size)
                   for e in range(schedule.max_epochs)
                   for s in schedule.batch_shapes(e)}
@@ -74,10 +79,10 @@ class MultiGridHook(Hook):
             f'(checked in {time.perf_counter() - start:.1f} s).')
         runner.logger.info(
             f'Multigrid schedule ({schedule.max_epochs} epochs instead of '
-            f'{schedule.stock_max_epochs}, {sum(loop.epoch_lengths)} '
+            f'{schedule.stock_max_epochs}, {sum(plan.epoch_lengths)} '
             f'iterations, {1 / schedule.compute_ratio():.2f}x less '
-            'compute):\n' + schedule_table(schedule, self._base_lr(runner)))
-        if getattr(loop.dataloader.dataset, 'decodes_video', False):
+            'compute):\n' + schedule_table(plan, self._base_lr(runner)))
+        if getattr(runner.train_dataloader.dataset, 'decodes_video', False):
             runner.logger.warning(video_advice(runner.cfg.filename))
 
     @staticmethod
@@ -88,9 +93,15 @@ class MultiGridHook(Hook):
         return None
 
     def before_train_epoch(self, runner) -> None:
-        loop = runner.train_loop
-        schedule = loop.schedule
+        plan = runner.plan
+        schedule = plan.schedule
         shapes = schedule.batch_shapes(runner.epoch)
+        options = plan.options
+        groups = ''
+        if options.bn_base_size and options.bn_grouping == 'splits':
+            splits = max(1, shapes[-1].batch_size // options.bn_base_size)
+            set_splits(runner.model, splits)
+            groups = f', {splits} BN group(s) per batch'
         runner.logger.info(
             f'Multigrid epoch {runner.epoch}: stage '
             f'{schedule.stage_index(runner.epoch) + 1}/'
@@ -98,7 +109,7 @@ class MultiGridHook(Hook):
             f'(interval {shapes[-1].frame_interval}), crops '
             f'{[s.size for s in shapes]}, clips/GPU '
             f'{[s.batch_size for s in shapes]}, '
-            f'{loop.epoch_lengths[runner.epoch]} iterations.')
+            f'{plan.epoch_lengths[runner.epoch]} iterations{groups}.')
 
     def before_train_iter(self,
                           runner,

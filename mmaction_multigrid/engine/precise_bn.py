@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
 from ..datasets.rng import preserved_rng
+from ..schedule.options import check_count
 
 
 def _bn_layers(model: nn.Module) -> List[_BatchNorm]:
@@ -187,13 +188,11 @@ class PreciseBNHook(Hook):
     def __init__(self,
                  num_iters: int = 200,
                  interval: Optional[int] = None) -> None:
-        for key, value in (('num_iters', num_iters), ('interval', interval)):
-            if value is None and key == 'interval':
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or \
-                    value < 1:
-                raise ValueError(f'multi_grid.precise_bn.{key} must be an '
-                                 f'integer >= 1, got {value!r}.')
+        check_count('multi_grid.precise_bn.num_iters', num_iters,
+                    'an integer >= 1')
+        if interval is not None:
+            check_count('multi_grid.precise_bn.interval', interval,
+                        'an integer >= 1')
         self.num_iters = num_iters
         self.interval = interval
 

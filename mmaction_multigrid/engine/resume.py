@@ -87,10 +87,6 @@ class ExactResumeHook(Hook):
     def _sampler(runner):
         return runner.train_loop.dataloader.batch_sampler
 
-    def _schedule_state(self, runner) -> dict:
-        sampler = self._sampler(runner)
-        return dict(sampler.schedule.args, batch_size=sampler.batch_size)
-
     def before_val(self, runner) -> None:
         self._rng_before_val = rng_state()
 
@@ -111,7 +107,7 @@ class ExactResumeHook(Hook):
             ranks = list(self._rank_states[1])
         ranks[runner.rank] = _local_state(runner)
         checkpoint[CKPT_KEY] = dict(
-            schedule=self._schedule_state(runner),
+            schedule=runner.plan.settings(),
             sampler_seed=getattr(self._sampler(runner).sampler, 'seed', None),
             ranks=ranks)
 
@@ -139,7 +135,7 @@ class ExactResumeHook(Hook):
                 logger='current',
                 level=logging.WARNING)
             return
-        current = self._schedule_state(runner)
+        current = runner.plan.settings()
         saved = state.get('schedule', {})
         if saved != current:
             changed = sorted(k for k in current if saved.get(k) != current[k])

@@ -25,13 +25,12 @@ from mmaction.registry import MODELS
 from mmengine.model.utils import _BatchNormXd
 from torch import Tensor
 
+from ..schedule.options import check_count
+
 
 def _check_base_size(base_size: int) -> int:
     """Validate ``base_size`` and return it."""
-    if isinstance(base_size, bool) or not isinstance(base_size, int) or \
-            base_size < 1:
-        raise ValueError('multi_grid.bn_base_size must be an integer >= 1, '
-                         f'got {base_size!r}')
+    check_count('multi_grid.bn_base_size', base_size, 'an integer >= 1')
     return base_size
 
 
@@ -62,7 +61,8 @@ def _batch_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
 def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
                        x: Tensor) -> Tensor:
-    """Normalise ``G = ceil(N / bn.base_size)`` groups of samples separately.
+    """Normalise ``G = ceil(N / bn.base_size)`` groups of samples separately
+    (``G = min(bn.splits, N)`` when the layer has ``splits``).
 
     Sample ``i`` belongs to group ``i % G``, as in the reference
     implementation (PySlowFast's ``SubBatchNorm3d``): when ``G`` divides N,
@@ -83,7 +83,7 @@ def _sub_batch_forward(bn: nn.modules.batchnorm._BatchNorm,
         Tensor: The normalised input, same shape as ``x``.
     """
     n, channels = x.shape[:2]
-    groups = _num_groups(n, bn.base_size)
+    groups = min(bn.splits, n) if bn.splits else _num_groups(n, bn.base_size)
     track = bn.training and bn.track_running_stats
     factor = 0.0
     if track:
@@ -143,6 +143,9 @@ class _SubBatchMixin:
 
     def _init_sub_batch(self, base_size: int) -> None:
         self.base_size = _check_base_size(base_size)
+        # A fixed number of groups per batch instead of groups of base_size
+        # samples (multi_grid.bn_grouping='splits'; see set_splits).
+        self.splits: Optional[int] = None
         # Plain attributes, not buffers: the state_dict stays BatchNorm's.
         self._set_slots(None, None)
         self._stale = False
@@ -236,6 +239,8 @@ class _SubBatchMixin:
     def _use_sub_batch(self, x: Tensor) -> bool:
         bn_training = self.training or self._buffers.get(
             'running_mean') is None
+        if self.splits is not None:
+            return bn_training and self.splits > 1 and x.shape[0] > 1
         return bn_training and x.shape[0] > self.base_size
 
     def _save_to_state_dict(self, destination, prefix: str,
@@ -573,6 +578,29 @@ def convert_sub_batch_bn(model: nn.Module, base_size: int) -> nn.Module:
     for name in sorted(enclosing):
         model.get_submodule(name).register_forward_pre_hook(clip_count)
     return model
+
+
+def set_splits(model: nn.Module, splits: Optional[int]) -> None:
+    """Make every sub-batch BN layer of ``model`` split its batches into
+    ``splits`` groups (sample ``i`` in group ``i % splits``; plain BN for
+    1), whatever their size, or into groups of ``base_size`` samples again
+    (None).
+
+    PySlowFast's grouping: it fixes ``BN.NUM_SPLITS`` per long-cycle stage,
+    ``floor(base shape's per-GPU batch / BN_BASE_SIZE)``, so the short
+    cycle's larger batches get larger groups
+    (``multi_grid.bn_grouping='splits'``).
+
+    Args:
+        model (nn.Module): A model converted by :func:`convert_sub_batch_bn`.
+        splits (int, optional): Groups per batch, >= 1; None for groups of
+            ``base_size``.
+    """
+    if splits is not None:
+        check_count('splits', splits)
+    for module in model.modules():
+        if is_sub_batch_bn(module):
+            module.splits = splits
 
 
 def plain_bn_layers(model: nn.Module

@@ -11,14 +11,9 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from . import lr_rules
+from .options import DEFAULT_LONG_CYCLE_FACTORS, DEFAULT_SHORT_CYCLE_FACTORS
 
 Size = Tuple[int, int]
-
-DEFAULT_LONG_CYCLE_FACTORS = ((0.25, 0.5**0.5), (0.5, 0.5**0.5), (0.5, 1), (1,
-                                                                            1))
-DEFAULT_SHORT_CYCLE_FACTORS = (0.5, 0.5**0.5)
-# multi_grid.short_cycle_lr: the LR of the short cycle's larger batches.
-SHORT_CYCLE_LRS = ('constant', 'scaled')
 
 
 @dataclass(frozen=True)
@@ -108,18 +103,22 @@ def num_batches(num_samples: int, batch_sizes: Sequence[int],
 class MultiGridSchedule:
     """Long- and short-cycle multigrid schedule of one training run.
 
+    Built by :func:`mmaction_multigrid.engine.plan.build_plan` from checked
+    options (:class:`~mmaction_multigrid.schedule.options.MultiGridOptions`)
+    and the stock config.
+
     Args:
         clip_len: ``T``, frames per clip of the stock pipeline.
         frame_interval: ``r``, frame interval of the stock pipeline.
         size: ``S`` as ``(height, width)`` or an int for a square size.
         max_epochs: ``E``, the stock number of epochs.
-        milestones: Epochs at which the stock schedule multiplies the LR by
-            ``gamma``.
+        milestones: Epochs at which the stock step schedule multiplies the
+            LR by ``gamma``; empty for any other schedule.
         batch_size: ``B``, the stock per-GPU batch size; only the batch
             sizes depend on it. Defaults to 1.
-        gamma: LR decay factor. Defaults to 0.1.
-        warmup_epochs: Length of the stock linear warm-up in epochs, 0 for
-            none. Defaults to 0.
+        gamma: LR decay factor of a step schedule. Defaults to 0.1.
+        warmup_epochs: Length of a step schedule's linear warm-up in epochs,
+            0 for none. Defaults to 0.
         warmup_start_factor: LR factor at the start of the warm-up.
             Defaults to 0.1.
         long_cycle: Whether to use long cycles. Defaults to True.
@@ -129,15 +128,12 @@ class MultiGridSchedule:
             shapes.
         epoch_factor: Total epochs relative to the stock run.
             Defaults to 1.5.
-        lr_terms: Closed-form terms of a non-step stock LR schedule
-            (:func:`~mmaction_multigrid.schedule.lr_rules.scheduler_terms`),
-            with ``milestones`` empty; None for a step schedule. Defaults
-            to None.
-        num_long_cycles: With ``lr_terms`` and long cycles, the number of
-            equal phases the long cycle repeats over. Defaults to 2.
-        fine_tune_share: With ``lr_terms`` and long cycles, the share of the
-            stock epochs trained at the default shape at the end.
-            Defaults to 0.2.
+        num_long_cycles: Without ``milestones`` and with long cycles, the
+            number of equal phases the long cycle repeats over.
+            Defaults to 2.
+        fine_tune_share: Without ``milestones`` and with long cycles, the
+            share of the stock epochs trained at the default shape at the
+            end. Defaults to 0.2.
         lr_scaling: How the LR follows the batch multiplier ``b`` of the
             long-cycle base shape: ``'linear'`` (``b``, the reference),
             ``'sqrt'`` or ``'none'``. Defaults to ``'linear'``.
@@ -164,55 +160,19 @@ class MultiGridSchedule:
                  short_cycle_factors: Sequence[float] = (
                      DEFAULT_SHORT_CYCLE_FACTORS),
                  epoch_factor: float = 1.5,
-                 lr_terms: Optional[Sequence[dict]] = None,
                  num_long_cycles: int = 2,
                  fine_tune_share: float = 0.2,
                  lr_scaling: str = 'linear',
                  short_cycle_lr: str = 'constant') -> None:
-        self.args = dict(
-            clip_len=clip_len,
-            frame_interval=frame_interval,
-            size=list(size) if isinstance(size, (list, tuple)) else size,
-            max_epochs=max_epochs,
-            milestones=list(milestones),
-            gamma=gamma,
-            warmup_epochs=warmup_epochs,
-            warmup_start_factor=warmup_start_factor,
-            long_cycle=long_cycle,
-            short_cycle=short_cycle,
-            long_cycle_factors=[list(f) for f in long_cycle_factors],
-            short_cycle_factors=list(short_cycle_factors),
-            epoch_factor=epoch_factor)
-        # Only when used, so that step schedules keep their settings (and
-        # their checkpoints' saved settings) as before.
-        if lr_terms is not None:
-            self.args.update(
-                lr_terms=[dict(t) for t in lr_terms],
-                num_long_cycles=num_long_cycles,
-                fine_tune_share=fine_tune_share)
-        if lr_scaling != 'linear':
-            self.args.update(lr_scaling=lr_scaling)
-        if short_cycle_lr != 'constant':
-            self.args.update(short_cycle_lr=short_cycle_lr)
-        if lr_scaling not in lr_rules.LR_SCALINGS:
-            raise ValueError(
-                f'multi_grid.lr_scaling: {lr_scaling!r} is not one of '
-                f'{sorted(lr_rules.LR_SCALINGS)}.')
-        if short_cycle_lr not in SHORT_CYCLE_LRS:
-            raise ValueError(
-                f'multi_grid.short_cycle_lr: {short_cycle_lr!r} is not one '
-                f'of {list(SHORT_CYCLE_LRS)}.')
         self.lr_scaling = lr_scaling
         self.short_cycle_lr = short_cycle_lr
-        self.lr_terms = None if lr_terms is None else [
-            dict(t) for t in lr_terms
-        ]
         self.clip_len = clip_len
         self.frame_interval = frame_interval
         self.size: Size = (size,
                            size) if isinstance(size, int) else tuple(size)
         self.batch_size = batch_size
         self.stock_max_epochs = max_epochs
+        self.step_rule = bool(milestones)
         self.stock_milestones = list(milestones)
         self.gamma = gamma
         self.warmup_epochs = warmup_epochs
@@ -222,22 +182,11 @@ class MultiGridSchedule:
         self.long_cycle_factors = [tuple(f) for f in long_cycle_factors]
         self.short_cycle_factors = list(short_cycle_factors)
         self.epoch_factor = epoch_factor
-        if not long_cycle and not short_cycle:
-            raise ValueError('multi_grid.long_cycle and multi_grid.'
-                             'short_cycle are both False; enable at least '
-                             'one of them.')
-        if self.lr_terms is not None:
-            if self.stock_milestones:
-                raise ValueError('MultiGridSchedule: give `milestones` or '
-                                 '`lr_terms`, not both.')
-            # The long cycle repeats over equal phases as over a step
-            # schedule's LR stages (lr_rules.phase_ends).
-            if long_cycle:
-                self.stock_milestones = lr_rules.phase_ends(
-                    max_epochs, num_long_cycles, fine_tune_share)
-        elif not self.stock_milestones:
-            raise ValueError('multi_grid needs a step LR schedule: the stock '
-                             '`param_scheduler` has no MultiStepLR milestone.')
+        # Any other schedule: the long cycle repeats over equal phases as
+        # over a step schedule's LR stages (lr_rules.phase_ends).
+        if not self.step_rule and long_cycle:
+            self.stock_milestones = lr_rules.phase_ends(
+                max_epochs, num_long_cycles, fine_tune_share)
         self.default_shape = Shape(1, clip_len, self.size)
         if long_cycle:
             self.stages = self._long_cycle_stages()
@@ -254,8 +203,6 @@ class MultiGridSchedule:
         # Read every iteration by the LR scheduler: computed once.
         self._lr_points = self._compute_lr_points()
         self._lr_spans = self._compute_lr_spans()
-        self._stretched_terms = None if self.lr_terms is None else (
-            lr_rules.stretch(self.lr_terms, epoch_factor))
 
     def _check_nonempty(self) -> None:
         """Fail on a schedule without epochs or with an empty batch.
@@ -466,7 +413,7 @@ class MultiGridSchedule:
         """Multigrid and stock epoch spans of each long-cycle phase and of
         the fine-tuning (``lr_rules.equivalent_epoch``); None unless a
         non-step schedule runs with long cycles."""
-        if self.lr_terms is None or not self.long_cycle:
+        if self.step_rule or not self.long_cycle:
             return None
         steps = [0.0] + list(
             self.stock_milestones) + [float(self.stock_max_epochs)]
@@ -499,17 +446,8 @@ class MultiGridSchedule:
         return lr_rules.equivalent_epoch(epoch, self._lr_spans)
 
     def stock_lr_factor(self, epoch: float) -> float:
-        """LR of the stock schedule at its own fractional ``epoch``,
-        relative to the base LR.
-
-        Args:
-            epoch: Fractional stock epoch.
-
-        Returns:
-            float: The stock LR factor (warm-up included).
-        """
-        if self.lr_terms is not None:
-            return lr_rules.stock_factor(self.lr_terms, epoch)
+        """LR of the stock step schedule at its own fractional ``epoch``,
+        relative to the base LR (warm-up included)."""
         factor = self.gamma**sum(m <= epoch for m in self.stock_milestones)
         if epoch < self.warmup_epochs:
             start = self.warmup_start_factor
@@ -523,7 +461,9 @@ class MultiGridSchedule:
         return lr_rules.LR_SCALINGS[self.lr_scaling](batch)
 
     def lr_factor(self, epoch: float) -> float:
-        """LR at fractional ``epoch`` relative to the stock base LR.
+        """LR of the reference step rule at fractional ``epoch`` relative
+        to the stock base LR (step schedules; the plan reads any other
+        schedule from MMEngine's schedulers).
 
         Args:
             epoch: ``epoch + iter / iters_in_epoch``.
@@ -531,16 +471,11 @@ class MultiGridSchedule:
         Returns:
             float: multiply the base LR by this.
         """
-        if self.lr_terms is not None:
-            if not self.long_cycle:  # the stock schedule, stretched
-                return lr_rules.stock_factor(self._stretched_terms, epoch)
-            return self.lr_scale(epoch) * lr_rules.stock_factor(
-                self.lr_terms, self.equivalent_stock_epoch(epoch), smooth=True)
         if epoch < self.warmup_epochs:
             start = self.warmup_start_factor
-            end = self._scaled_step_factor(self.warmup_epochs)
+            end = self.step_factor(self.warmup_epochs)
             return start + epoch * (end - start) / self.warmup_epochs
-        return self._scaled_step_factor(epoch)
+        return self.step_factor(epoch)
 
     def batch_lr_factor(self, epoch: int, index: int) -> float:
         """Factor of the LR of batch ``index`` of ``epoch`` on top of
@@ -561,8 +496,9 @@ class MultiGridSchedule:
         ratio = shapes[index % len(shapes)].batch_size / shapes[-1].batch_size
         return lr_rules.LR_SCALINGS[self.lr_scaling](ratio)
 
-    def _scaled_step_factor(self, epoch: float) -> float:
-        """:meth:`_step_factor` with ``lr_scaling`` applied."""
+    def step_factor(self, epoch: float) -> float:
+        """Relative LR of the step rule at ``epoch`` without the warm-up,
+        with ``lr_scaling`` applied."""
         factor = self._step_factor(epoch)
         if self.lr_scaling != 'linear' and self.long_cycle:
             # The step rule's relative LRs hold the linear batch factor.
@@ -608,23 +544,16 @@ class MultiGridSchedule:
             iters += self.batch_size / mean
         return self.stock_max_epochs / iters
 
-    def describe(self, base_lr: Optional[float] = None) -> List[dict]:
+    def describe(self) -> List[dict]:
         """One row per stage, for tables and logs.
 
-        Args:
-            base_lr: Stock LR; rows give relative LRs when None.
-
         Returns:
-            list[dict]: ``stage, begin, end, frames, interval, size, batch``
-            (the short-cycle batch sizes) and ``lr`` (LR at the stage's
-            first epoch: after warm-up for a step schedule).
+            list[dict]: ``stage, lr_stage, begin, end, frames, interval,
+            sizes, batch`` (the short-cycle batch sizes).
         """
         rows, begin = [], 0
         for i, stage in enumerate(self.stages):
             shapes = self.batch_shapes(begin)
-            lr = (self._scaled_step_factor(begin)
-                  if self.lr_terms is None else self.lr_factor(begin)) * (
-                      base_lr or 1.0)
             rows.append(
                 dict(
                     stage=i,
@@ -634,7 +563,6 @@ class MultiGridSchedule:
                     frames=shapes[-1].clip_len,
                     interval=shapes[-1].frame_interval,
                     sizes=[s.size for s in shapes],
-                    batch=[s.batch_size for s in shapes],
-                    lr=lr))
+                    batch=[s.batch_size for s in shapes]))
             begin = stage.end_epoch
         return rows

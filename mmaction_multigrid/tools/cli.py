@@ -16,93 +16,53 @@ from typing import List, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 
-from ..engine.convert import convert_config
 from ..engine.multigrid_hook import schedule_table
+from ..engine.plan import plan_for_samples
 from ..schedule.cycles import MultiGridSchedule
+from ..schedule.plan import MultiGridPlan
+from .config import config_plan, load_config
 
 DEMO_CONFIG = osp.join(
     osp.dirname(osp.dirname(__file__)), 'configs', 'demo_multigrid.py')
-ADD_MULTI_GRID = (
-    'add `multi_grid = dict()` (the paper defaults) and `custom_imports = '
-    "dict(imports=['mmaction_multigrid'], allow_failed_imports=False)` to "
-    'the config, or try it with `--cfg-options multi_grid.long_cycle=True`')
 
 
-def load_config(path: str, options: Optional[dict] = None) -> Config:
-    """Load a config and merge ``--cfg-options`` into it.
-
-    An option value ``{}`` gives an empty dict, so ``multi_grid={}`` adds
-    ``multi_grid`` with its defaults (``multi_grid.long_cycle=True`` does
-    too).
+def lr_rule_text(plan: MultiGridPlan) -> str:
+    """How the LR of a schedule the step rule does not follow is adapted,
+    in words.
 
     Args:
-        path: Config file.
-        options: Parsed ``--cfg-options``. Defaults to None.
-
-    Returns:
-        Config: The merged config.
-    """
-    cfg = Config.fromfile(path)
-    if options:
-        cfg.merge_from_dict({
-            k: {} if v == '{}' else v
-            for k, v in options.items()
-        })
-    return cfg
-
-
-def config_schedule(cfg: Config) -> MultiGridSchedule:
-    """The multigrid schedule a config trains with.
-
-    Args:
-        cfg: A config with ``multi_grid`` (stock or already converted).
-
-    Returns:
-        MultiGridSchedule: With the config's per-GPU batch size.
-
-    Raises:
-        ValueError: if the config has no ``multi_grid`` or cannot be
-            converted.
-    """
-    if cfg.get('multi_grid') is None:
-        raise ValueError(f'the config has no `multi_grid`; {ADD_MULTI_GRID}.')
-    loader = convert_config(cfg)['train_dataloader']
-    return MultiGridSchedule(
-        batch_size=loader['batch_size'], **loader['batch_sampler']['schedule'])
-
-
-def lr_rule_text(schedule: MultiGridSchedule) -> str:
-    """How the LR of a non-step schedule is adapted, in words.
-
-    Args:
-        schedule: A schedule with ``lr_terms``.
+        plan: A plan with ``stock_lr``.
 
     Returns:
         str: One or two lines for ``plan``.
     """
-    stock = ' x '.join(t['type'] for t in schedule.lr_terms)
+    schedule = plan.schedule
+    stock = ' + '.join(s['type'] for s in plan.stock['param_scheduler'])
     scaling = dict(linear='{}', sqrt='sqrt({})', none='1')[schedule.lr_scaling]
     per_batch = ''
     if schedule.short_cycle and schedule.short_cycle_lr == 'scaled':
         per_batch = (' x ' + scaling.format('k') + ' (k = batch size / base '
                      "shape's batch size, short_cycle_lr='scaled')")
     if not schedule.long_cycle:
-        return (f'lr rule: stock {stock} stretched by epoch_factor '
-                f'{schedule.epoch_factor:g} (begin/end/T_max){per_batch}')
+        factor = f'{schedule.epoch_factor:g}'
+        return (f'lr rule: the stock {stock} (MMEngine), stretched by '
+                f'epoch_factor {factor}: epoch e takes the stock LR of epoch '
+                f'e / {factor}{per_batch}')
     ends = ', '.join(f'{e:g}' for e in schedule.stock_milestones)
-    return (f'lr rule: stock {stock} at the equivalent stock epoch x '
-            f'{scaling.format("b")} (b = batch multiplier of the base '
-            f'shape){per_batch}; long cycles over stock epochs ending at '
-            f'{ends}, then fine-tuning to {schedule.stock_max_epochs}')
+    return (f'lr rule: the stock {stock} (MMEngine) at the equivalent stock '
+            f'epoch x {scaling.format("b")} (b = batch multiplier of the '
+            f'base shape){per_batch}; long cycles over stock epochs ending '
+            f'at {ends}, then fine-tuning to {schedule.stock_max_epochs}')
 
 
-def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
+def plot_plan(plan: MultiGridPlan, base_lr: float, path: str,
               title: str) -> None:
     """Plot clip shape, LR and cumulative compute per epoch, multigrid
     against stock, to a PNG.
 
     Args:
-        schedule: The multigrid schedule.
+        plan: The multigrid plan (its stock LR read at 20 points per
+            epoch).
         base_lr: The stock base LR.
         path: Output PNG file.
         title: Figure title.
@@ -111,6 +71,7 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    schedule = plan.schedule
     stock_end, end = schedule.stock_max_epochs, schedule.max_epochs
     epochs = list(range(end + 1))
     shapes = [schedule.batch_shapes(min(e, end - 1)) for e in epochs]
@@ -159,19 +120,19 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
     steps = 20  # samples per epoch: sharp steps, smooth warm-up
     grid = [i / steps for i in range(end * steps + 1)]
     ax_lr.plot(
-        grid, [base_lr * schedule.lr_factor(e) for e in grid],
+        grid, [base_lr * plan.epoch_lr_factor(e) for e in grid],
         color='C3',
         lw=2,
         label='multigrid')
-    ax_lr.plot([e for e in grid if e <= stock_end], [
-        base_lr * schedule.stock_lr_factor(e) for e in grid if e <= stock_end
-    ],
-               '--',
-               color='C7',
-               label='stock')
+    ax_lr.plot(
+        [e for e in grid if e <= stock_end],
+        [base_lr * plan.stock_lr_factor(e) for e in grid if e <= stock_end],
+        '--',
+        color='C7',
+        label='stock')
     ax_lr.set_yscale('log')
-    if schedule.lr_terms is not None:
-        ax_lr.set_title(lr_rule_text(schedule), fontsize=8, wrap=True)
+    if plan.stock_lr is not None:
+        ax_lr.set_title(lr_rule_text(plan), fontsize=8, wrap=True)
     ax_lr.set_ylabel('learning rate')
     done = list(accumulate(schedule.epoch_compute(e) for e in range(end)))
     ax_c.plot(epochs, [0.0] + done, color='C2', lw=2, label='multigrid')
@@ -189,7 +150,11 @@ def plot_plan(schedule: MultiGridSchedule, base_lr: float, path: str,
 def plan(args: argparse.Namespace) -> int:
     """Print the multigrid schedule of a config and plot it."""
     cfg = load_config(args.config, args.cfg_options)
-    schedule = config_schedule(cfg)
+    plan = config_plan(cfg)
+    schedule = plan.schedule
+    # The stock LR at 20 iterations per epoch: enough for the table's LRs
+    # and a smooth plot.
+    plan = plan_for_samples(plan, 20 * schedule.batch_size)
     base_lr = cfg['optim_wrapper']['optimizer']['lr']
     points, factors = schedule.lr_points()
     compute = schedule.compute_ratio()
@@ -198,14 +163,14 @@ def plan(args: argparse.Namespace) -> int:
         name = name[:-len('_multigrid')]
     print(f'multigrid plan of {args.config} ({schedule.batch_size} clips '
           f'per GPU, base lr {base_lr:.4g}):')
-    print(schedule_table(schedule, base_lr))
-    if schedule.lr_terms is None:
+    print(schedule_table(plan, base_lr))
+    if plan.stock_lr is None:
         print('lr steps (epoch: lr): ' +
               ', '.join(f'{p}: {base_lr * f:.4g}'
                         for p, f in zip(points, factors)))
     else:
-        print(lr_rule_text(schedule))
-    if schedule.warmup_epochs:
+        print(lr_rule_text(plan))
+    if plan.stock_lr is None and schedule.warmup_epochs:
         print(f'warm-up: linear from '
               f'{base_lr * schedule.warmup_start_factor:.4g} to '
               f'{base_lr * schedule.lr_factor(schedule.warmup_epochs):.4g} '
@@ -228,7 +193,7 @@ def plan(args: argparse.Namespace) -> int:
         return 0
     os.makedirs(args.out, exist_ok=True)
     path = osp.join(args.out, f'{name}_multigrid_plan.png')
-    plot_plan(schedule, base_lr, path,
+    plot_plan(plan, base_lr, path,
               f'{name}\nmultigrid: {1 / compute:.2f}x less compute')
     print(f'plot: {path}')
     if args.measure:
@@ -292,7 +257,7 @@ def demo(args: argparse.Namespace) -> int:
     # that compete with them make training many times slower.
     torch.set_num_threads(
         max(1, (os.cpu_count() or 1) - cfg.train_dataloader.num_workers))
-    print(schedule_table(config_schedule(cfg), cfg.optim_wrapper.optimizer.lr))
+    print(schedule_table(config_plan(cfg), cfg.optim_wrapper.optimizer.lr))
     runner = Runner.from_cfg(cfg)  # a MultiGridRunner: cfg has multi_grid
     runner.train()
     accuracy = runner.message_hub.get_scalar('val/acc/top1').current()

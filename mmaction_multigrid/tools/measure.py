@@ -181,13 +181,13 @@ def measure(cfg,
 
     from ..datasets.wrapper import MultiGridDataset, ShapedIndex
     from ..engine.convert import convert_config
+    from ..engine.plan import build_plan
     from ..models.sub_batch_bn import convert_sub_batch_bn
 
     init_default_scope(cfg.get('default_scope', 'mmaction'))
     converted = convert_config(cfg)
     loader = converted['train_dataloader']
-    schedule = MultiGridSchedule(
-        batch_size=loader['batch_size'], **loader['batch_sampler']['schedule'])
+    schedule = build_plan(converted).schedule
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     model = MODELS.build(converted['model']).to(device).train()
     base_size = converted['multi_grid'].get('bn_base_size')

@@ -44,7 +44,8 @@ from ..datasets.transforms import copy_folder
 from ..datasets.walk import leaf_datasets
 from ..datasets.wrapper import MANIFEST
 from ..engine.convert import convert_config
-from ..schedule.cycles import MultiGridSchedule
+from ..engine.plan import build_plan
+from .config import ADD_MULTI_GRID, load_config
 
 ANNOTATION = 'train_list.txt'
 FRAME_TMPL = 'img_{:05}.jpg'
@@ -68,9 +69,7 @@ def copy_short_sides(cfg: Config) -> List[int]:
         ValueError: if the train pipeline does not start its spatial
             transforms with ``Resize(scale=(-1, SHORT))``.
     """
-    loader = convert_config(cfg)['train_dataloader']
-    schedule = MultiGridSchedule(
-        batch_size=loader['batch_size'], **loader['batch_sampler']['schedule'])
+    schedule = build_plan(convert_config(cfg)).schedule
     pipeline = train_leaf(cfg)['pipeline']
     stock = decode_short_side(pipeline)
     if stock is None:
@@ -541,7 +540,6 @@ def prepare(config: str,
         ValueError: on a config the copy cannot serve, or a bad ``shard``.
         OSError: if a copy cannot be written.
     """
-    from .cli import ADD_MULTI_GRID, load_config  # cli imports this module
     if not 1 <= quality <= 100:
         raise ValueError(f'prepare: --quality must be in [1, 100], got '
                          f'{quality}.')
