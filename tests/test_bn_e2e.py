@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TESTS, TOOLS, toy_config
 from mmaction.registry import MODELS
+from mmengine.fileio import load
 from mmengine.runner import Runner
 
 import mmaction_multigrid  # noqa: F401
@@ -73,12 +74,14 @@ def test_stock_tools_test_reproduces_last_validation(trained, videos32,
     stock.dump(str(path))
     env = dict(
         os.environ, PYTHONPATH=TESTS, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    dump = tmp_path / 'scores.pkl'
     proc = subprocess.run([
         sys.executable,
         osp.join(TOOLS, 'test.py'),
         str(path),
         osp.join(work, f'epoch_{runner.max_epochs}.pth'), '--work-dir',
-        str(tmp_path / 'test')
+        str(tmp_path / 'test'), '--dump',
+        str(dump)
     ],
                           env=env,
                           capture_output=True,
@@ -89,6 +92,22 @@ def test_stock_tools_test_reproduces_last_validation(trained, videos32,
                                         proc.stderr).split('Config:')[0]
     top1 = float(re.findall(r'acc/top1: ([0-9.]+)', proc.stdout)[-1])
     assert top1 == pytest.approx(last_val, abs=1e-4)
+    # Every clip's class scores, not only the top-1 over a few clips (which
+    # wrong BN statistics could leave unchanged): the stock model on the
+    # checkpoint scores each clip as the trained multigrid model does.
+    stock_scores = [r['pred_scores']['item'] for r in load(str(dump))]
+    runner.model.eval()
+    mine = []
+    with torch.no_grad():
+        for batch in runner.val_dataloader:
+            mine += [s.pred_scores.item for s in runner.model.val_step(batch)]
+    assert len(mine) == len(stock_scores) > 0
+    for i, score in enumerate(mine):
+        torch.testing.assert_close(
+            torch.as_tensor(stock_scores[i]).float(),
+            score.float().cpu(),
+            rtol=1e-4,
+            atol=1e-5)
 
 
 def test_precise_bn_recomputes_before_validation(trained):

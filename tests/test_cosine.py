@@ -208,12 +208,21 @@ def test_new_option_errors(options, key):
 def test_lr_scaling_on_a_step_schedule():
     """``lr_scaling`` replaces the batch factor of the reference step rule
     and nothing else."""
-    linear = MultiGridSchedule(32, 2, 224, 100, [40, 80], batch_size=8)
-    none = MultiGridSchedule(
-        32, 2, 224, 100, [40, 80], batch_size=8, lr_scaling='none')
+    stages = ref.long_cycle(32, (224, 224), 100, [40, 80], LONG, SHORT, True,
+                            1.5)
+    schedules = {
+        scaling:
+        MultiGridSchedule(
+            32, 2, 224, 100, [40, 80], batch_size=8, lr_scaling=scaling)
+        for scaling in ('linear', 'sqrt', 'none')
+    }
     for e in [i / 3 for i in range(150 * 3)]:
-        b = linear.base_shape(int(e)).batch
-        assert none.lr_factor(e) == pytest.approx(linear.lr_factor(e) / b)
+        want = ref.lr_factor(e, stages, 0.1, 2, True)  # linear: gamma**s * b
+        b = ref.base_at(stages, int(e))[1][0]
+        got = {k: s.lr_factor(e) for k, s in schedules.items()}
+        assert got['linear'] == pytest.approx(want)
+        assert got['sqrt'] == pytest.approx(want / b * b**0.5)
+        assert got['none'] == pytest.approx(want / b)
 
 
 def test_step_schedules_follow_the_reference_rule():

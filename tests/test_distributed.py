@@ -26,9 +26,11 @@ WORLD = 2
 # full short cycle. bn_base_size=1 normalises every clip on its own, so one
 # process with the doubled batch computes exactly what the two ranks do.
 # Precise BN after every epoch: every checkpoint holds recomputed statistics.
+# bn_grouping='size': groups of one clip on any number of ranks.
 MULTI_GRID = dict(
     long_cycle_factors=((0.5, 1), (1, 1)),
     bn_base_size=1,
+    bn_grouping='size',
     precise_bn=dict(num_iters=2, interval=1))
 
 

@@ -3,6 +3,7 @@ iteration as MMEngine's ParamSchedulerHook does."""
 import copy
 
 import pytest
+import reference as ref
 import torch
 from conftest import schedule_plan
 from mmengine.optim import OptimWrapper
@@ -185,10 +186,18 @@ def test_scaled_short_cycle_lr_every_iteration():
     sched = MultiGridLR(
         optim, plan=_plan(dict(I3D, short_cycle_lr='scaled'), lengths))
     lrs = _run(sched, optim, sum(lengths))
-    schedule = sched.plan.schedule
+    # The batch sizes from the independent transcription of the reference.
+    r2 = 0.5**0.5
+    stages = ref.long_cycle(32, (224, 224), 100, [40, 80],
+                            ((0.25, r2), (0.5, r2), (0.5, 1), (1, 1)),
+                            (0.5, r2), True, 1.5)
     k = 0
     for epoch, n in enumerate(lengths):
-        sizes = [s.batch_size for s in schedule.batch_shapes(epoch)]
+        _, base = ref.base_at(stages, epoch)
+        sizes = [
+            size
+            for size, _ in ref.batches(1, base, (224, 224), (0.5, r2), True)
+        ]
         for it in range(n):
             expected = BASE_LR * _ref_factor(I3D_POINTS, I3D_REL,
                                              epoch + it / n, 0)

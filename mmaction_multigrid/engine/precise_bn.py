@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
 from ..datasets.rng import preserved_rng
+from ..models.sub_batch_bn import is_sub_batch_bn, set_splits
 from ..schedule.options import check_count
 
 
@@ -299,8 +300,17 @@ class PreciseBNHook(Hook):
         start = time.perf_counter()
         # Recomputing statistics must not shift the training random stream
         # (the loader's seed draw, a pipeline running in this process).
-        with preserved_rng():
-            used = update_bn_stats(model, loader, self.num_iters, forward)
+        # Stock batches at the default shape: groups of bn_base_size clips
+        # (plain BN by default), whatever bn_grouping sets for training.
+        layers = [m for m in model.modules() if is_sub_batch_bn(m)]
+        splits = [m.splits for m in layers]
+        set_splits(model, None)
+        try:
+            with preserved_rng():
+                used = update_bn_stats(model, loader, self.num_iters, forward)
+        finally:
+            for layer, split in zip(layers, splits):
+                layer.splits = split
         runner.logger.info(
             f'Precise BN after epoch {runner.epoch + 1}: BN statistics '
             f'recomputed at the default shape over {used} batches in '

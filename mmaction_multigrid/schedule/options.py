@@ -76,7 +76,7 @@ class MultiGridOptions:
     epoch_factor: float = 1.5
     default_s: Optional[Size] = None
     bn_base_size: Union[int, str, None] = 'auto'
-    bn_grouping: str = 'size'
+    bn_grouping: str = 'splits'
     precise_bn: Optional[dict] = None
     temporal_sampling: str = 'span'
     reduced_decode: bool = True
