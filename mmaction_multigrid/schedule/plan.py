@@ -8,7 +8,7 @@ loop, ``MultiGridLR`` and the hooks.
 import bisect
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import List, Optional, Tuple
 
@@ -64,6 +64,8 @@ class MultiGridPlan:
             loader exists.
         epoch_lengths: Iterations of each multigrid epoch (empty before
             ``num_samples`` is known).
+        epoch_ends: Iterations up to the end of each epoch (their running
+            sum, kept for the per-iteration lookups).
     """
     options: MultiGridOptions
     schedule: MultiGridSchedule
@@ -72,6 +74,11 @@ class MultiGridPlan:
     stock_lr: Optional[StockLR] = None
     num_samples: Optional[int] = None
     epoch_lengths: Tuple[int, ...] = ()
+    epoch_ends: Tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'epoch_ends',
+                           tuple(accumulate(self.epoch_lengths)))
 
     def __deepcopy__(self, memo: dict) -> 'MultiGridPlan':
         return self
@@ -119,7 +126,7 @@ class MultiGridPlan:
             tuple[int, int]: ``(epoch, iter)``; past the end,
             ``(epochs, 0)``.
         """
-        ends = list(accumulate(self.epoch_lengths))
+        ends = self.epoch_ends
         epoch = bisect.bisect_right(ends, step)
         if epoch >= len(ends):
             return len(ends), 0
