@@ -11,6 +11,7 @@ import itertools
 import logging
 import math
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable, List, Optional
 
 import torch
@@ -132,17 +133,14 @@ def update_bn_stats(model: nn.Module,
 
 
 def _checkpoint_epochs(hook: CheckpointHook, max_epochs: int) -> List[int]:
-    """The 1-based epochs after which an epoch-based ``CheckpointHook`` saves.
-
-    Its periodic checkpoints: every ``interval`` epochs counted from
-    ``save_begin`` (none if ``interval < 1``). ``save_last`` adds the last
-    epoch, after which precise BN always runs, so it is left out.
-    """
-    if hook.interval < 1:
-        return []
+    """The 1-based epochs after which an epoch-based ``CheckpointHook`` saves
+    its periodic checkpoints, as the hook's own ``every_n_epochs`` decides
+    (what ``CheckpointHook.after_train_epoch`` asks in MMEngine 0.10.7).
+    ``save_last`` adds the last epoch, after which precise BN always runs,
+    so it is left out."""
     return [
-        epoch for epoch in range(max(hook.save_begin, 1), max_epochs + 1)
-        if (epoch - hook.save_begin) % hook.interval == 0
+        epoch for epoch in range(1, max_epochs + 1) if hook.every_n_epochs(
+            SimpleNamespace(epoch=epoch - 1), hook.interval, hook.save_begin)
     ]
 
 
