@@ -174,24 +174,28 @@ def test_plan_error_subprocess(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
-def test_demo_short(tmp_path):
+def test_demo_learns(tmp_path):
+    """The demo shortened to 20 stock epochs (30 multigrid epochs, about a
+    minute here) learns: top-1 well above chance on its 64 validation
+    clips (0.672 when written; chance 0.25)."""
     work_dir = tmp_path / 'demo'
     result = _cli(
         'demo',
         '--work-dir',
         str(work_dir),
         '--epochs',
-        '4',
+        '20',
         cwd=str(tmp_path),
-        timeout=300)
+        timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     match = re.search(
         r'^demo: final validation top-1 accuracy ([\d.]+) \(chance 0\.25\) '
-        r'after 6 epochs, \d+ s$', result.stdout, re.M)
+        r'after 30 epochs, \d+ s$', result.stdout, re.M)
     assert match, result.stdout[-3000:]
     # The printed accuracy is the last validation's, as MMEngine logged it.
     logs = sorted(work_dir.glob('*/*.log'))
     logged = re.findall(r'acc/top1: ([\d.]+)', logs[-1].read_text())
     assert float(match.group(1)) == pytest.approx(float(logged[-1]), abs=1e-3)
-    assert (work_dir / 'epoch_6.pth').is_file()
+    assert float(match.group(1)) >= 0.5
+    assert (work_dir / 'epoch_30.pth').is_file()
     assert (work_dir / 'data' / 'train_list.txt').is_file()
