@@ -55,10 +55,14 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
                 f'train_cfg.max_epochs={self._max_epochs} but the multigrid '
                 f'schedule has {self.plan.schedule.max_epochs} epochs; let '
                 'the conversion set max_epochs.')
-        self.epoch_lengths: List[int] = list(self.plan.epoch_lengths)
         self._check_epochs()
         self._offset = None
         self._batches = None
+
+    @property
+    def epoch_lengths(self) -> List[int]:
+        """Iterations of each epoch, the plan's."""
+        return list(self.plan.epoch_lengths)
 
     def _check_epochs(self) -> None:
         """Raise if an epoch has no full batch."""
@@ -86,12 +90,12 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
             return self._offset
         # Before run(): the loop stands at an epoch boundary (fresh or just
         # resumed), where this is exact.
-        return self._iter - sum(self.epoch_lengths[:self._epoch])
+        return self._iter - self.plan.steps_before(self._epoch)
 
     @property
     def max_iters(self) -> int:
         """Total iterations of the run: the epoch lengths summed."""
-        return self.iter_offset + sum(self.epoch_lengths)
+        return self.iter_offset + self.plan.steps_before(self._max_epochs)
 
     def run(self):
         """Train; fixes :attr:`iter_offset` for the run."""
@@ -125,7 +129,7 @@ class MultiGridTrainLoop(EpochBasedTrainLoop):
         if self._batches is None:
             self._start_batches()
         counts = self.dataloader.batch_sampler.chunk_counts(self._epoch)
-        for idx in range(self.epoch_lengths[self._epoch]):
+        for idx in range(self.plan.epoch_lengths[self._epoch]):
             self.run_iter(
                 idx,
                 join_batches([next(self._batches)

@@ -134,7 +134,11 @@ class MultiGridPlan:
 
     def fractional_epoch(self, step: int) -> float:
         """``epoch + iter / iters_in_epoch`` of iteration ``step``."""
-        epoch, index = self.position(step)
+        return self._fraction(*self.position(step))
+
+    def _fraction(self, epoch: int, index: int) -> float:
+        """``epoch + index / iters_in_epoch`` (the epoch count past the
+        end)."""
         if epoch >= len(self.epoch_lengths):
             return float(epoch)
         return epoch + index / self.epoch_lengths[epoch]
@@ -161,7 +165,7 @@ class MultiGridPlan:
     def lr_factor(self, step: int) -> float:
         """LR of iteration ``step`` relative to the stock base LR."""
         epoch, index = self.position(step)
-        return (self.epoch_lr_factor(self.fractional_epoch(step)) *
+        return (self.epoch_lr_factor(self._fraction(epoch, index)) *
                 self.schedule.batch_lr_factor(epoch, index))
 
     def stock_lr_factor(self, epoch: float) -> float:
